@@ -1,0 +1,119 @@
+//! The gateway's own endpoints. Each turns its errors into a reply at once, so that warp never
+//! backtracks into another branch.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::{ApiError, Claims, json_message};
+use serde::Deserialize;
+use warp::Reply;
+use warp::http::StatusCode;
+use warp::http::header::{CACHE_CONTROL, HeaderMap, HeaderValue, SET_COOKIE};
+use warp::reply::Response;
+
+use crate::Gateway;
+use crate::network::client_ip;
+use crate::users::MAX_USERNAME_BYTES;
+
+/// The tutorial's login body. Missing fields are not a format error: like the tutorial, they get
+/// "Invalid credentials".
+#[derive(Debug, Deserialize)]
+struct LoginRequest {
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+pub async fn login(
+    gateway: Arc<Gateway>,
+    peer: Option<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match try_login(&gateway, peer, &headers, &body).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn try_login(
+    gateway: &Gateway,
+    peer: Option<SocketAddr>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let request: LoginRequest = serde_json::from_slice(body).map_err(|_| {
+        ApiError::BadRequest("Request body must be a JSON object with username and password")
+    })?;
+    let client = client_ip(peer, headers, &gateway.trusted_proxies)
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let (Some(username), Some(password)) = (request.username, request.password) else {
+        return Err(ApiError::InvalidCredentials);
+    };
+    if username.is_empty() || password.is_empty() || username.len() > MAX_USERNAME_BYTES {
+        return Err(ApiError::InvalidCredentials);
+    }
+    gateway
+        .throttle
+        .check(&username, client)
+        .map_err(|retry_after_secs| ApiError::TooManyRequests { retry_after_secs })?;
+
+    let users = Arc::clone(&gateway.users);
+    let name = username.clone();
+    // Argon2 takes tens of milliseconds of CPU on purpose; keep it off the async workers.
+    let valid = tokio::task::spawn_blocking(move || users.verify(&name, &password))
+        .await
+        .unwrap_or(false);
+    if !valid {
+        gateway.throttle.record_failure(&username, client);
+        log::info!("login failed for a user from {client}");
+        return Err(ApiError::InvalidCredentials);
+    }
+    gateway.throttle.record_success(&username, client);
+
+    let keys = &gateway.auth.keys;
+    let (token, claims) = keys
+        .issue(&username)
+        .map_err(|_| ApiError::BadRequest("Cannot issue a session token for this user"))?;
+    let max_age = claims.exp.saturating_sub(claims.iat);
+    let cookie = gateway
+        .auth
+        .cookie
+        .issue(&token, max_age)
+        .map_err(|_| ApiError::BadRequest("Session cookie would exceed 4096 bytes"))?;
+    log::info!("login succeeded for {username}");
+    Ok(no_store(with_cookie(
+        json_message(StatusCode::OK, "Logged in successfully"),
+        cookie,
+    )))
+}
+
+/// Logs out with or without a session: a valid token is revoked on the server, and the browser
+/// is told to forget the cookie either way.
+pub async fn logout(gateway: Arc<Gateway>, session: Option<Claims>) -> Response {
+    if let Some(claims) = session {
+        gateway.auth.revoke(&claims);
+        log::info!("logout for {}", claims.sub);
+    }
+    let reply = json_message(StatusCode::OK, "Logged out successfully");
+    no_store(with_cookie(reply, gateway.auth.cookie.clear()))
+}
+
+pub fn health() -> Response {
+    json_message(StatusCode::OK, "ok")
+}
+
+fn with_cookie(mut response: Response, cookie: HeaderValue) -> Response {
+    response.headers_mut().append(SET_COOKIE, cookie);
+    response
+}
+
+/// Replies that set or clear a session must never be stored by a cache on the way.
+fn no_store(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
