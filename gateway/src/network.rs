@@ -67,8 +67,8 @@ pub fn is_listed(networks: &[IpNetwork], ip: IpAddr) -> bool {
     networks.iter().any(|network| network.contains(ip))
 }
 
-/// The client's address: the peer's, or, when the peer is a trusted proxy, the last address that
-/// proxy put in `X-Forwarded-For`.
+/// The client's address: the peer's, or, when the peer is a trusted proxy, the nearest address in
+/// `X-Forwarded-For` that is not itself a trusted proxy.
 pub fn client_ip(
     peer: Option<SocketAddr>,
     headers: &HeaderMap,
@@ -78,14 +78,15 @@ pub fn client_ip(
     if !is_listed(trusted, peer) {
         return Some(peer);
     }
-    let forwarded = headers
+    let chain: Vec<IpAddr> = headers
         .get_all("x-forwarded-for")
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
         .filter_map(|entry| entry.trim().parse().ok())
-        .last();
-    Some(forwarded.unwrap_or(peer))
+        .collect();
+    let nearest_untrusted = chain.iter().rev().find(|ip| !is_listed(trusted, **ip));
+    Some(nearest_untrusted.or(chain.first()).copied().unwrap_or(peer))
 }
 
 #[cfg(test)]
@@ -120,6 +121,8 @@ mod tests {
         assert_eq!(client_ip(peer, &headers, &[]), Some(ip("10.0.0.2")));
         let trusted = ["10.0.0.0/8".parse().unwrap()];
         assert_eq!(client_ip(peer, &headers, &trusted), Some(ip("5.6.7.8")));
+        headers.insert("x-forwarded-for", "1.2.3.4, 10.9.9.9".parse().unwrap());
+        assert_eq!(client_ip(peer, &headers, &trusted), Some(ip("1.2.3.4")));
     }
 
     #[test]

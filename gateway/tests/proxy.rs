@@ -1,4 +1,5 @@
 //! The gateway as a reverse proxy: what reaches the upstream, what comes back, and every failure.
+#![allow(clippy::unwrap_used)] // helpers outside #[test] functions unwrap too
 
 mod support;
 

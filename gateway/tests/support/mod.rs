@@ -1,6 +1,6 @@
 //! Shared by the integration tests: the real services and gateway on `127.0.0.1:0`, an upstream
 //! that records what reaches it, and raw HTTP over a `TcpStream`.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -134,12 +134,31 @@ pub struct Seen {
 /// An upstream that records every request and answers according to its path:
 /// `/rec/status/N` with status N, `/rec/redirect` with a 302, `/rec/slow` after a long pause,
 /// `/rec/cookies` with Set-Cookie headers, `/rec/bytes/N` with N bytes, and anything else with 200.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Recorder {
     seen: Arc<Mutex<Vec<Seen>>>,
+    count: Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self {
+            seen: Arc::default(),
+            count: Arc::new(tokio::sync::watch::channel(0).0),
+        }
+    }
 }
 
 impl Recorder {
+    /// Completes once the upstream has received `n` requests (their bodies read, not yet answered).
+    pub async fn received(&self, n: usize) {
+        let mut count = self.count.subscribe();
+        count
+            .wait_for(|seen| *seen >= n)
+            .await
+            .expect("recorder alive");
+    }
+
     pub fn requests(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
@@ -152,6 +171,7 @@ impl Recorder {
 pub async fn spawn_recorder() -> (SocketAddr, Recorder) {
     let recorder = Recorder::default();
     let seen = Arc::clone(&recorder.seen);
+    let count = Arc::clone(&recorder.count);
     let route = warp::method()
         .and(warp::path::full())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
@@ -166,6 +186,7 @@ pub async fn spawn_recorder() -> (SocketAddr, Recorder) {
                   peer,
                   body| {
                 let seen = Arc::clone(&seen);
+                let count = Arc::clone(&count);
                 async move {
                     let body_len = count_bytes(body).await;
                     let path = path.as_str().to_owned();
@@ -181,6 +202,7 @@ pub async fn spawn_recorder() -> (SocketAddr, Recorder) {
                         body_len,
                         peer,
                     });
+                    count.send_modify(|count| *count += 1);
                     answer(&path).await
                 }
             },
@@ -252,6 +274,11 @@ async fn answer(path: &str) -> warp::reply::Response {
             tokio::time::sleep(Duration::from_secs(5)).await;
             recorded()
         }
+        ["rec", "sleep", millis] => {
+            // Keeps a request in flight for a while, for shutdown tests.
+            tokio::time::sleep(Duration::from_millis(millis.parse().unwrap_or(0))).await;
+            recorded()
+        }
         ["rec", "cookies"] => {
             let mut response = recorded();
             for cookie in ["theme=dark; Path=/", "token=planted; Path=/", "lang=en"] {
@@ -310,6 +337,86 @@ pub fn status(code: u16) -> StatusCode {
     StatusCode::from_u16(code).unwrap()
 }
 
-pub fn chunk(len: usize) -> Bytes {
-    Bytes::from(vec![b'x'; len])
+/// The gateway binary, started with `vars` on an ephemeral loopback port, and the address it
+/// reports in its log.
+pub struct GatewayProcess {
+    pub child: tokio::process::Child,
+    pub addr: SocketAddr,
+    /// Everything it has logged so far, and later, once `stop` has collected the rest.
+    pub log: Arc<Mutex<String>>,
+}
+
+impl GatewayProcess {
+    pub async fn start(vars: &[(&str, &str)]) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_gateway"));
+        command
+            .env_clear()
+            .env("HOST", "127.0.0.1")
+            .env("PORT", "0")
+            .env("RUST_LOG", "info")
+            .envs(vars.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("gateway binary starts");
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut addr = None;
+        while let Some(line) = lines.next_line().await.expect("log line") {
+            log.lock().unwrap().push_str(&format!("{line}\n"));
+            if let Some((_, rest)) = line.split_once("listening on http://") {
+                addr = Some(rest.trim().parse().expect("address in the log"));
+                break;
+            }
+        }
+        let addr = addr.unwrap_or_else(|| panic!("gateway did not start: {}", log.lock().unwrap()));
+        let sink = Arc::clone(&log);
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lock().unwrap().push_str(&format!("{line}\n"));
+            }
+        });
+        Self { child, addr, log }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("still running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Peak resident memory so far, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let pid = self.child.id().expect("still running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM")
+    }
+}
+
+/// Runs the gateway binary to completion with `vars` and returns its exit code and stderr.
+pub async fn run_gateway_to_exit(vars: &[(&str, &str)]) -> (Option<i32>, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .env_clear()
+        .env("HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .envs(vars.iter().copied())
+        .output()
+        .await
+        .expect("gateway binary runs");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
