@@ -7,6 +7,7 @@ pub mod env;
 pub mod microservice;
 pub mod rejection;
 pub mod reply;
+pub mod request_id;
 pub mod server;
 pub mod token;
 

@@ -10,7 +10,8 @@ use warp::{Filter, Reply};
 
 use crate::env::Env;
 use crate::reply::json_message;
-use crate::server::{self, Listen};
+use crate::server::{self, AccessLogOnly, Listen};
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Microservice {
@@ -38,12 +39,7 @@ impl Microservice {
             .and(warp::path::end())
             .and(warp::get())
             .map(|| json_message(StatusCode::OK, "ok"));
-        answer
-            .or(health)
-            .unify()
-            .recover(crate::recover)
-            .unify()
-            .with(warp::log(self.name))
+        answer.or(health).unify().recover(crate::recover).unify()
     }
 
     /// Binds and returns the bound address with the server's future.
@@ -52,7 +48,7 @@ impl Microservice {
         listen: Listen,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<(SocketAddr, impl Future<Output = ()>)> {
-        server::bind(listen, self.routes(), shutdown).await
+        server::bind(listen, self.routes(), Arc::new(AccessLogOnly), shutdown).await
     }
 
     /// The whole binary: `--health-check`, or serve until SIGTERM or SIGINT.

@@ -85,6 +85,7 @@ impl ApiError {
     }
 }
 
+/// The error also rides along in the response's extensions, for the access log and metrics.
 impl Reply for ApiError {
     fn into_response(self) -> Response {
         let mut response = json_message(self.status(), self.message());
@@ -93,6 +94,7 @@ impl Reply for ApiError {
                 .headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1)));
         }
+        response.extensions_mut().insert(self);
         response
     }
 }

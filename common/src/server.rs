@@ -6,11 +6,19 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::sync::Arc;
+use std::time::Instant;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use warp::http::{Method, Request};
+use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use crate::env::{ConfigError, Env};
+use crate::request_id;
 
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -54,12 +62,48 @@ impl Listen {
     }
 }
 
+/// The client's address, put on every request before any filter runs; read it with [`peer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// The peer's address, when the request came over TCP.
+pub fn peer() -> impl Filter<Extract = (Option<SocketAddr>,), Error = Infallible> + Copy {
+    warp::ext::optional::<PeerAddr>().map(|peer: Option<PeerAddr>| peer.map(|PeerAddr(addr)| addr))
+}
+
+/// Who the request was made for, when a handler knows: put on the response for the access log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthenticatedUser(pub String);
+
+/// One finished request, as the access log and metrics see it.
+#[derive(Debug)]
+pub struct Exchange<'a> {
+    pub method: &'a Method,
+    pub path: &'a str,
+    pub response: &'a Response,
+    /// Until the response's head was ready; a streamed body may take longer.
+    pub elapsed: Duration,
+}
+
+/// Told about every request; the gateway counts them for its metrics.
+pub trait Observer: Send + Sync + 'static {
+    fn started(&self) {}
+    fn finished(&self, _exchange: &Exchange<'_>) {}
+}
+
+/// Observes nothing beyond the access log.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AccessLogOnly;
+
+impl Observer for AccessLogOnly {}
+
 /// Binds `listen.addr` and returns the bound address with the server's future. The server stops
 /// accepting when `shutdown` completes, then lets requests in flight finish for at most the grace
 /// period.
 pub async fn bind<F, R>(
     listen: Listen,
     filter: F,
+    observer: Arc<impl Observer>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<(SocketAddr, impl Future<Output = ()>)>
 where
@@ -68,27 +112,117 @@ where
 {
     let listener = TcpListener::bind(listen.addr).await?;
     let addr = listener.local_addr()?;
-    let (shutdown_started, grace_starts) = oneshot::channel();
-    let server = warp::serve(filter)
-        .incoming(listener)
-        .graceful(async move {
-            shutdown.await;
-            let _ = shutdown_started.send(());
-        })
-        .run();
-    let grace_over = async move {
-        match grace_starts.await {
-            Ok(()) => tokio::time::sleep(listen.shutdown_grace).await,
-            Err(_) => std::future::pending().await,
-        }
-    };
+    let service = warp::service(filter);
     let run = async move {
+        let connections = GracefulShutdown::new();
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        // Slow clients may not hold a connection open by dribbling their headers.
+        http.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of file descriptors, typically: back off instead of spinning.
+                        log::error!("accept failed: {error}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let observed = observe(service.clone(), Arc::clone(&observer), peer);
+            let connection = http
+                .serve_connection(TokioIo::new(stream), observed)
+                .into_owned();
+            let connection = connections.watch(connection);
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    log::debug!("connection from {peer} ended: {error}");
+                }
+            });
+        }
+        drop(listener);
         tokio::select! {
-            () = server => log::info!("shut down cleanly"),
-            () = grace_over => log::warn!("shutdown grace period over; dropping requests still in flight"),
+            () = connections.shutdown() => log::info!("shut down cleanly"),
+            () = tokio::time::sleep(listen.shutdown_grace) => {
+                log::warn!("shutdown grace period over; dropping requests still in flight");
+            }
         }
     };
     Ok((addr, run))
+}
+
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Gives the request its id and its peer, runs the filters, and reports the result.
+fn observe<S>(
+    service: S,
+    observer: Arc<impl Observer>,
+    peer: SocketAddr,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone
+where
+    S: tower_service::Service<Request<Incoming>, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let handle = move |mut request: Request<Incoming>| {
+        let started = Instant::now();
+        let id = request_id::accept_or_generate(request.headers());
+        request.headers_mut().insert(request_id::HEADER, id.clone());
+        request.extensions_mut().insert(PeerAddr(peer));
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        observer.started();
+        let mut service = service.clone();
+        let observer = Arc::clone(&observer);
+        let response = tower_service::Service::call(&mut service, request);
+        async move {
+            let Ok(mut response) = response.await;
+            let elapsed = started.elapsed();
+            response
+                .headers_mut()
+                .insert(request_id::HEADER, id.clone());
+            let user = response
+                .extensions()
+                .get::<AuthenticatedUser>()
+                .map_or("-", |user| user.0.as_str());
+            // Container health checks probe every few seconds; their lines would drown the rest.
+            let level = if path == "/healthz" {
+                log::Level::Debug
+            } else {
+                log::Level::Info
+            };
+            log::log!(
+                target: "access",
+                level,
+                "{} {method} {path} {} {:.1}ms user={user} peer={}",
+                id.to_str().unwrap_or("-"),
+                response.status().as_u16(),
+                elapsed.as_secs_f64() * 1000.0,
+                peer.ip(),
+            );
+            observer.finished(&Exchange {
+                method: &method,
+                path: &path,
+                response: &response,
+                elapsed,
+            });
+            Ok(response)
+        }
+    };
+    hyper::service::service_fn(handle)
 }
 
 /// Completes on SIGTERM or SIGINT.

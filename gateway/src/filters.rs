@@ -27,6 +27,10 @@ pub fn gateway(
     gateway: Arc<Gateway>,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     health()
+        .or(readiness(Arc::clone(&gateway)))
+        .unify()
+        .or(metrics(Arc::clone(&gateway)))
+        .unify()
         .or(login(Arc::clone(&gateway)))
         .unify()
         .or(logout(Arc::clone(&gateway)))
@@ -35,7 +39,6 @@ pub fn gateway(
         .unify()
         .recover(common::recover)
         .unify()
-        .with(warp::log("gateway::access"))
 }
 
 fn health() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
@@ -45,12 +48,30 @@ fn health() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
         .map(handlers::health)
 }
 
+fn readiness(
+    gateway: Arc<Gateway>,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path("readyz")
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_gateway(gateway))
+        .then(handlers::readiness)
+}
+
+fn metrics(gateway: Arc<Gateway>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path("metrics")
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_gateway(gateway))
+        .map(|gateway: Arc<Gateway>| handlers::metrics(&gateway))
+}
+
 fn login(gateway: Arc<Gateway>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path("login")
         .and(warp::path::end())
         .and(warp::post())
         .and(with_gateway(gateway))
-        .and(warp::addr::remote())
+        .and(common::server::peer())
         .and(warp::header::headers_cloned())
         .and(small_body(MAX_LOGIN_BODY_BYTES))
         .then(handlers::login)
@@ -172,7 +193,7 @@ pub fn proxy_to(
         .and(warp::path::full())
         .and(raw_query())
         .and(warp::header::headers_cloned())
-        .and(warp::addr::remote())
+        .and(common::server::peer())
         .and(body_stream())
         .map(
             move |method, path: FullPath, query, headers, peer, body| Forward {

@@ -5,11 +5,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use common::{ApiError, Claims, json_message};
+use common::server::AuthenticatedUser;
+use common::{ApiError, Claims, json_message, request_id};
 use serde::Deserialize;
 use warp::Reply;
 use warp::http::StatusCode;
-use warp::http::header::{CACHE_CONTROL, HeaderMap, HeaderValue, SET_COOKIE};
+use warp::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderMap, HeaderValue, SET_COOKIE};
 use warp::reply::Response;
 
 use crate::Gateway;
@@ -49,6 +50,10 @@ async fn try_login(
     })?;
     let client = client_ip(peer, headers, &gateway.trusted_proxies)
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let id = headers
+        .get(&request_id::HEADER)
+        .and_then(|id| id.to_str().ok())
+        .unwrap_or("-");
     let (Some(username), Some(password)) = (request.username, request.password) else {
         return Err(ApiError::InvalidCredentials);
     };
@@ -68,7 +73,7 @@ async fn try_login(
         .unwrap_or(false);
     if !valid {
         gateway.throttle.record_failure(&username, client);
-        log::info!("login failed for a user from {client}");
+        log::info!("{id} login failed for a user from {client}");
         return Err(ApiError::InvalidCredentials);
     }
     gateway.throttle.record_success(&username, client);
@@ -93,16 +98,48 @@ async fn try_login(
 /// Logs out with or without a session: a valid token is revoked on the server, and the browser
 /// is told to forget the cookie either way.
 pub async fn logout(gateway: Arc<Gateway>, session: Option<Claims>) -> Response {
+    let mut reply = json_message(StatusCode::OK, "Logged out successfully");
     if let Some(claims) = session {
         gateway.auth.revoke(&claims);
-        log::info!("logout for {}", claims.sub);
+        reply.extensions_mut().insert(AuthenticatedUser(claims.sub));
     }
-    let reply = json_message(StatusCode::OK, "Logged out successfully");
     no_store(with_cookie(reply, gateway.auth.cookie.clear()))
 }
 
 pub fn health() -> Response {
     json_message(StatusCode::OK, "ok")
+}
+
+/// 200 when every upstream answers its `/healthz`, else 503 naming the route prefixes that do not.
+pub async fn readiness(gateway: Arc<Gateway>) -> Response {
+    let probes = gateway.routes.iter().map(|route| {
+        let proxy = Arc::clone(&gateway.proxy);
+        async move {
+            (
+                route.prefix.as_str(),
+                proxy.is_healthy(&route.upstream).await,
+            )
+        }
+    });
+    let down: Vec<&str> = futures_util::future::join_all(probes)
+        .await
+        .into_iter()
+        .filter_map(|(prefix, healthy)| (!healthy).then_some(prefix))
+        .collect();
+    if down.is_empty() {
+        return json_message(StatusCode::OK, "ready");
+    }
+    let body = warp::reply::json(&serde_json::json!({ "message": "not ready", "down": down }));
+    warp::reply::with_status(body, StatusCode::SERVICE_UNAVAILABLE).into_response()
+}
+
+pub fn metrics(gateway: &Gateway) -> Response {
+    let mut response = gateway.metrics.render().into_response();
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
 }
 
 fn with_cookie(mut response: Response, cookie: HeaderValue) -> Response {

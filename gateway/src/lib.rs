@@ -6,6 +6,7 @@ pub mod config;
 pub mod filters;
 pub mod handlers;
 pub mod headers;
+pub mod metrics;
 pub mod network;
 pub mod proxy;
 pub mod revocation;
@@ -22,6 +23,7 @@ use common::env::ConfigError;
 
 use crate::auth::Auth;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::network::IpNetwork;
 use crate::proxy::Proxy;
 use crate::revocation::InMemoryRevocations;
@@ -36,6 +38,7 @@ pub struct Gateway {
     pub users: Arc<Users>,
     pub throttle: LoginThrottle,
     pub proxy: Arc<Proxy>,
+    pub metrics: Arc<Metrics>,
     pub routes: Vec<Route>,
     pub trusted_proxies: Vec<IpNetwork>,
 }
@@ -67,6 +70,7 @@ impl Gateway {
             users: Arc::new(users),
             throttle: LoginThrottle::new(config.throttle),
             proxy: Arc::new(proxy),
+            metrics: Arc::new(Metrics::new(&config.routes)),
             routes: config.routes.clone(),
             trusted_proxies: config.trusted_proxies.clone(),
         })
@@ -98,7 +102,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, impl Future<Output = ()>), StartError> {
     let gateway = Arc::new(Gateway::new(&config).map_err(StartError::Config)?);
-    common::server::bind(config.listen, filters::gateway(gateway), shutdown)
+    let observer = Arc::clone(&gateway.metrics);
+    common::server::bind(config.listen, filters::gateway(gateway), observer, shutdown)
         .await
         .map_err(StartError::Bind)
 }

@@ -4,10 +4,11 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{ApiError, SessionCookie};
+use common::server::AuthenticatedUser;
+use common::{ApiError, SessionCookie, request_id};
 use futures_util::{Stream, StreamExt};
 use warp::Reply;
 use warp::http::Method;
@@ -19,6 +20,7 @@ use warp::reply::Response;
 
 use crate::config::Config;
 use crate::headers::strip_hop_by_hop;
+use crate::metrics::UpstreamLatency;
 use crate::network::{IpNetwork, is_listed};
 use crate::routes::Upstream;
 
@@ -100,10 +102,26 @@ impl Proxy {
         user: &str,
         request: IncomingRequest,
     ) -> Response {
-        match self.try_forward(upstream, user, request).await {
+        let mut response = match self.try_forward(upstream, user, request).await {
             Ok(response) => response,
             Err(error) => error.into_response(),
-        }
+        };
+        response
+            .extensions_mut()
+            .insert(AuthenticatedUser(user.to_owned()));
+        response
+    }
+
+    /// Whether the upstream answers `GET /healthz` with a success within two seconds.
+    pub async fn is_healthy(&self, upstream: &Upstream) -> bool {
+        let probe = self
+            .client
+            .get(format!("{}/healthz", upstream.origin()))
+            .send();
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), probe).await,
+            Ok(Ok(response)) if response.status().is_success()
+        )
     }
 
     async fn try_forward(
@@ -125,6 +143,7 @@ impl Proxy {
             return Err(ApiError::PayloadTooLarge);
         }
         let has_body = declared_length.is_some() || headers.contains_key(TRANSFER_ENCODING);
+        let id = headers.get(&request_id::HEADER).cloned();
         let url = upstream_url(upstream, &path, query.as_deref())?;
         self.prepare_request_headers(&mut headers, user, peer)?;
 
@@ -136,6 +155,7 @@ impl Proxy {
             *outgoing.body_mut() = Some(reqwest::Body::wrap_stream(limited));
         }
 
+        let started = Instant::now();
         let sent = tokio::time::timeout(self.timeout, self.client.execute(outgoing)).await;
         let upstream_response = match sent {
             Err(_elapsed) => return Err(ApiError::GatewayTimeout),
@@ -144,12 +164,17 @@ impl Proxy {
             }
             Ok(Err(error)) if error.is_timeout() => return Err(ApiError::GatewayTimeout),
             Ok(Err(error)) => {
-                log::warn!("upstream {upstream:?} failed: {}", error.without_url());
+                let id = id.as_ref().and_then(|id| id.to_str().ok()).unwrap_or("-");
+                log::warn!("{id} upstream {upstream:?} failed: {}", error.without_url());
                 return Err(ApiError::BadGateway);
             }
             Ok(Ok(response)) => response,
         };
-        Ok(self.relay_response(upstream_response))
+        let mut response = self.relay_response(upstream_response);
+        response
+            .extensions_mut()
+            .insert(UpstreamLatency(started.elapsed()));
+        Ok(response)
     }
 
     fn prepare_request_headers(

@@ -61,7 +61,8 @@ impl Route {
     }
 }
 
-fn is_at_or_below(path: &str, prefix: &str) -> bool {
+/// Whether `path` is `prefix` or below it at a segment boundary.
+pub fn is_at_or_below(path: &str, prefix: &str) -> bool {
     match path.strip_prefix(prefix) {
         Some(rest) => rest.is_empty() || rest.starts_with('/'),
         None => false,

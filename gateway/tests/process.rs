@@ -195,3 +195,34 @@ async fn a_gibibyte_each_way_leaves_memory_flat() {
         "peak RSS grew from {baseline} KiB to {peak} KiB"
     );
 }
+
+#[tokio::test]
+async fn every_log_line_of_a_request_carries_its_id_and_one_access_line() {
+    let gateway = GatewayProcess::start(&[("SECRET_KEY", GOOD_SECRET)]).await;
+    let response = support::plain_client()
+        .post(gateway.url("/login"))
+        .header("x-request-id", "req-under-test-7")
+        .json(&serde_json::json!({"username": "user1", "password": "not-it"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    gateway.signal("-TERM");
+    let mut gateway = gateway;
+    gateway.child.wait().await.unwrap();
+    let log = gateway.log.lock().unwrap().clone();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("req-under-test-7"))
+        .collect();
+    assert!(
+        lines.iter().any(|line| line.contains("login failed")),
+        "{log}"
+    );
+    let access: Vec<&&str> = lines
+        .iter()
+        .filter(|line| line.contains("POST /login 401"))
+        .collect();
+    assert_eq!(access.len(), 1, "{log}");
+    assert!(access[0].contains("ms user=-"), "{log}");
+}

@@ -176,7 +176,7 @@ pub async fn spawn_recorder() -> (SocketAddr, Recorder) {
         .and(warp::path::full())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::header::headers_cloned())
-        .and(warp::addr::remote())
+        .and(common::server::peer())
         .and(warp::body::stream())
         .then(
             move |method: warp::http::Method,
@@ -212,6 +212,7 @@ pub async fn spawn_recorder() -> (SocketAddr, Recorder) {
     let (addr, server) = common::server::bind(
         common::server::Listen::ephemeral(),
         route,
+        Arc::new(common::server::AccessLogOnly),
         std::future::pending(),
     )
     .await
