@@ -76,7 +76,14 @@ impl Microservice {
             }
         };
         runtime.block_on(async {
-            match self.serve(listen, server::shutdown_signal()).await {
+            let shutdown = match server::shutdown_signal() {
+                Ok(shutdown) => shutdown,
+                Err(error) => {
+                    eprintln!("{}: cannot listen for signals: {error}", self.name);
+                    return ExitCode::FAILURE;
+                }
+            };
+            match self.serve(listen, shutdown).await {
                 Ok((addr, server)) => {
                     log::info!("{} listening on http://{addr}", self.name);
                     server.await;

@@ -225,27 +225,28 @@ where
     hyper::service::service_fn(handle)
 }
 
-/// Completes on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                log::error!("cannot listen for SIGTERM: {error}");
-                std::future::pending::<()>().await;
-            }
+/// A future that completes on SIGTERM or SIGINT. The handlers are installed now, before the
+/// server announces itself, so that a signal sent right after start is never fatal.
+#[cfg(unix)]
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => log::info!("SIGTERM received, shutting down"),
+            _ = interrupt.recv() => log::info!("SIGINT received, shutting down"),
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = interrupt => log::info!("SIGINT received, shutting down"),
-        () = terminate => log::info!("SIGTERM received, shutting down"),
-    }
+    })
+}
+
+/// A future that completes on Ctrl-C.
+#[cfg(not(unix))]
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+        log::info!("interrupted, shutting down");
+    })
 }
 
 /// `--health-check`: asks this container's own server for `/healthz` and exits 0 on a 200.

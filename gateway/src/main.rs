@@ -42,7 +42,14 @@ fn run() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        match gateway::serve(config, common::server::shutdown_signal()).await {
+        let shutdown = match common::server::shutdown_signal() {
+            Ok(shutdown) => shutdown,
+            Err(error) => {
+                eprintln!("gateway: cannot listen for signals: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match gateway::serve(config, shutdown).await {
             Ok((addr, server)) => {
                 log::info!("gateway listening on http://{addr}");
                 server.await;

@@ -226,3 +226,54 @@ async fn every_log_line_of_a_request_carries_its_id_and_one_access_line() {
     assert_eq!(access.len(), 1, "{log}");
     assert!(access[0].contains("ms user=-"), "{log}");
 }
+
+#[tokio::test]
+async fn hash_password_reads_stdin_and_its_hash_logs_in_through_users_file() {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"correct horse battery\n")
+        .await
+        .unwrap();
+    let output = child.wait_with_output().await.unwrap();
+    assert!(output.status.success());
+    let hash = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    assert!(!hash.contains("correct horse"));
+
+    let dir = std::env::temp_dir().join(format!("gateway-users-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let users = dir.join("users");
+    std::fs::write(&users, format!("# one user\nalice:{hash}\n")).unwrap();
+    let gateway = GatewayProcess::start(&[
+        ("SECRET_KEY", GOOD_SECRET),
+        ("USERS_FILE", users.to_str().unwrap()),
+    ])
+    .await;
+    let login = |username: &'static str, password: &'static str| {
+        support::plain_client()
+            .post(gateway.url("/login"))
+            .json(&serde_json::json!({"username": username, "password": password}))
+            .send()
+    };
+    assert_eq!(
+        login("alice", "correct horse battery")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        login("user1", "password1").await.unwrap().status(),
+        401,
+        "the demo users are gone"
+    );
+}

@@ -326,3 +326,35 @@ async fn cross_site_unsafe_requests_are_refused() {
     .await;
     assert_eq!(safe.status(), 200);
 }
+
+#[tokio::test]
+async fn secure_cookies_take_the_host_prefix_end_to_end() {
+    let one = support::spawn_service(service_one::SERVICE).await;
+    let mut config = support::config(&format!("/service1=http://{one}"));
+    config.cookie =
+        common::SessionCookie::new(common::SessionCookie::DEFAULT_SECURE_NAME, true).unwrap();
+    let app = spawn_gateway(config).await;
+    let response = app.login("user1", "password1").await;
+    let set_cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(set_cookie.starts_with("__Host-token="), "{set_cookie}");
+    assert!(
+        set_cookie.ends_with("; Path=/; Max-Age=1800; Secure"),
+        "{set_cookie}"
+    );
+    assert!(!set_cookie.contains("Domain"));
+    let token = set_cookie
+        .trim_start_matches("__Host-token=")
+        .split(';')
+        .next()
+        .unwrap();
+    let (status, _) = status_and_body(&app, &format!("__Host-token={token}")).await;
+    assert_eq!(status, 200);
+    let (status, _) = status_and_body(&app, &format!("token={token}")).await;
+    assert_eq!(
+        status, 401,
+        "the plain name is not the session cookie any more"
+    );
+}

@@ -58,6 +58,7 @@ async fn the_tutorial_walkthrough() {
         response.headers()["set-cookie"],
         "token=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/; HttpOnly; SameSite=Strict"
     );
+    assert_eq!(response.headers()["cache-control"], "no-store");
     assert_eq!(json(response).await, message("Logged out successfully"));
     let response = app.client.get(app.url("/service1")).send().await.unwrap();
     assert_eq!(response.status(), 401);
