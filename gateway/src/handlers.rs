@@ -15,7 +15,7 @@ use warp::reply::Response;
 
 use crate::Gateway;
 use crate::network::client_ip;
-use crate::users::MAX_USERNAME_BYTES;
+use crate::users::{MAX_USERNAME_BYTES, verify_off_the_workers};
 
 /// The tutorial's login body. Missing fields are not a format error: like the tutorial, they get
 /// "Invalid credentials".
@@ -65,12 +65,7 @@ async fn try_login(
         .check(&username, client)
         .map_err(|retry_after_secs| ApiError::TooManyRequests { retry_after_secs })?;
 
-    let users = Arc::clone(&gateway.users);
-    let name = username.clone();
-    // Argon2 takes tens of milliseconds of CPU on purpose; keep it off the async workers.
-    let valid = tokio::task::spawn_blocking(move || users.verify(&name, &password))
-        .await
-        .unwrap_or(false);
+    let valid = verify_off_the_workers(&gateway.users, username.clone(), password).await;
     if !valid {
         gateway.throttle.record_failure(&username, client);
         log::info!("{id} login failed for a user from {client}");

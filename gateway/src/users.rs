@@ -1,10 +1,12 @@
 //! Who may log in: user names with Argon2id password hashes, never plaintext.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use common::env::ConfigError;
+use tokio::sync::Semaphore;
 
 /// The tutorial's users, hashed at start when no `USERS_FILE` is given.
 const DEMO_USERS: [(&str, &str); 2] = [("user1", "password1"), ("user2", "password2")];
@@ -14,6 +16,9 @@ pub const MAX_USERNAME_BYTES: usize = 128;
 
 pub struct Users {
     hashes: HashMap<String, String>,
+    /// One password check per core at a time: each takes Argon2's 19 MiB and tens of
+    /// milliseconds, so a flood of logins waits its turn instead of exhausting memory.
+    checking_slots: Semaphore,
     /// Checked against when the user is unknown, so that an unknown name costs the same time as a
     /// wrong password and timing reveals no user names.
     decoy_hash: String,
@@ -72,7 +77,12 @@ impl Users {
         getrandom::getrandom(&mut decoy_password)
             .map_err(|error| ConfigError(format!("cannot make a decoy password: {error}")))?;
         let decoy_hash = hash_bytes(&decoy_password)?;
-        Ok(Self { hashes, decoy_hash })
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        Ok(Self {
+            hashes,
+            checking_slots: Semaphore::new(cores),
+            decoy_hash,
+        })
     }
 
     /// Whether `password` is the user's. Slow on purpose (Argon2id), and as slow for an unknown
@@ -90,6 +100,21 @@ impl Users {
             .is_ok();
         matches && known
     }
+}
+
+/// [`Users::verify`] on the blocking pool, when a checking slot is free.
+pub async fn verify_off_the_workers(
+    users: &Arc<Users>,
+    username: String,
+    password: String,
+) -> bool {
+    let Ok(_slot) = users.checking_slots.acquire().await else {
+        return false;
+    };
+    let users = Arc::clone(users);
+    tokio::task::spawn_blocking(move || users.verify(&username, &password))
+        .await
+        .unwrap_or(false)
 }
 
 /// A `$argon2id$...` PHC string for `password`, with a random salt and the crate's default cost.
