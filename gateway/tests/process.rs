@@ -56,12 +56,7 @@ async fn sigterm_lets_the_request_in_flight_finish_and_exits_zero() {
     let mut gateway =
         GatewayProcess::start(&[("SECRET_KEY", GOOD_SECRET), ("ROUTES", &routes)]).await;
     let client = support::browser_like_client();
-    let login = client
-        .post(gateway.url("/login"))
-        .json(&serde_json::json!({"username": "user1", "password": "password1"}))
-        .send()
-        .await
-        .unwrap();
+    let login = gateway.login(&client, "user1", "password1").await;
     assert_eq!(login.status(), 200);
 
     let in_flight = tokio::spawn(client.get(gateway.url("/rec/sleep/1500")).send());
@@ -105,19 +100,9 @@ async fn tokens_cookies_passwords_and_secrets_never_reach_the_logs() {
     ])
     .await;
     let client = support::browser_like_client();
-    let login = client
-        .post(gateway.url("/login"))
-        .json(&serde_json::json!({"username": "user1", "password": "password1"}))
-        .send()
-        .await
-        .unwrap();
+    let login = gateway.login(&client, "user1", "password1").await;
     let token = support::session_token(&login).unwrap();
-    let wrong = client
-        .post(gateway.url("/login"))
-        .json(&serde_json::json!({"username": "user2", "password": "hunter2-wrong"}))
-        .send()
-        .await
-        .unwrap();
+    let wrong = gateway.login(&client, "user2", "hunter2-wrong").await;
     assert_eq!(wrong.status(), 401);
     let proxied = client
         .get(gateway.url("/rec/x?q=1"))
@@ -158,12 +143,7 @@ async fn a_gibibyte_each_way_leaves_memory_flat() {
     ])
     .await;
     let client = support::browser_like_client();
-    let login = client
-        .post(gateway.url("/login"))
-        .json(&serde_json::json!({"username": "user1", "password": "password1"}))
-        .send()
-        .await
-        .unwrap();
+    let login = gateway.login(&client, "user1", "password1").await;
     assert_eq!(login.status(), 200);
     let baseline = gateway.peak_rss_kib();
 
@@ -258,22 +238,11 @@ async fn hash_password_reads_stdin_and_its_hash_logs_in_through_users_file() {
         ("USERS_FILE", users.to_str().unwrap()),
     ])
     .await;
-    let login = |username: &'static str, password: &'static str| {
-        support::plain_client()
-            .post(gateway.url("/login"))
-            .json(&serde_json::json!({"username": username, "password": password}))
-            .send()
-    };
-    assert_eq!(
-        login("alice", "correct horse battery")
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        login("user1", "password1").await.unwrap().status(),
-        401,
-        "the demo users are gone"
-    );
+    let client = support::plain_client();
+    let alice = gateway
+        .login(&client, "alice", "correct horse battery")
+        .await;
+    assert_eq!(alice.status(), 200);
+    let demo = gateway.login(&client, "user1", "password1").await;
+    assert_eq!(demo.status(), 401, "the demo users are gone");
 }

@@ -21,6 +21,14 @@ async fn app() -> (TestApp, Recorder, String) {
     app_with(|_| {}).await
 }
 
+/// Writes `METHOD path` with the session cookie and `Connection: close`, as raw bytes.
+async fn raw_authed(app: &TestApp, method: &str, path: &str, token: &str) -> String {
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: gw\r\nCookie: token={token}\r\nConnection: close\r\n\r\n"
+    );
+    raw(app.addr, request.as_bytes()).await
+}
+
 fn authed(app: &TestApp, method: &str, path: &str, token: &str) -> reqwest::RequestBuilder {
     support::plain_client()
         .request(
@@ -82,14 +90,7 @@ async fn statuses_come_back_as_they_are_and_redirects_are_not_followed() {
 #[tokio::test]
 async fn a_head_reply_keeps_its_length_and_has_no_body() {
     let (app, _, token) = app().await;
-    let reply = raw(
-        app.addr,
-        format!(
-            "HEAD /rec/h HTTP/1.1\r\nHost: gw\r\nCookie: token={token}\r\nConnection: close\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .await;
+    let reply = raw_authed(&app, "HEAD", "/rec/h", &token).await;
     assert_eq!(status_of(&reply), 200, "{reply}");
     assert!(
         reply.to_ascii_lowercase().contains("content-length: 22"),
@@ -159,11 +160,7 @@ async fn a_trusted_proxy_extends_the_forwarded_chain() {
 #[tokio::test]
 async fn response_headers_are_cleaned_and_not_duplicated() {
     let (app, _, token) = app().await;
-    let reply = raw(
-        app.addr,
-        format!("GET /rec/hop-headers HTTP/1.1\r\nHost: gw\r\nCookie: token={token}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await;
+    let reply = raw_authed(&app, "GET", "/rec/hop-headers", &token).await;
     assert_eq!(status_of(&reply), 200, "{reply}");
     let head = reply.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
     let count = |name: &str| {
@@ -250,11 +247,7 @@ async fn a_chunked_body_within_the_limit_streams_through() {
 #[tokio::test]
 async fn a_get_without_content_length_is_not_411() {
     let (app, recorder, token) = app().await;
-    let reply = raw(
-        app.addr,
-        format!("GET /rec/plain HTTP/1.1\r\nHost: gw\r\nCookie: token={token}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await;
+    let reply = raw_authed(&app, "GET", "/rec/plain", &token).await;
     assert_eq!(status_of(&reply), 200, "{reply}");
     let seen = recorder.last();
     assert_eq!(seen.body_len, 0);

@@ -385,6 +385,21 @@ impl GatewayProcess {
         format!("http://{}{path}", self.addr)
     }
 
+    /// Logs in with `client`, which keeps the cookie if it has a cookie store.
+    pub async fn login(
+        &self,
+        client: &reqwest::Client,
+        username: &str,
+        password: &str,
+    ) -> reqwest::Response {
+        client
+            .post(self.url("/login"))
+            .json(&serde_json::json!({"username": username, "password": password}))
+            .send()
+            .await
+            .expect("login request")
+    }
+
     pub fn signal(&self, signal: &str) {
         let pid = self.child.id().expect("still running").to_string();
         let status = std::process::Command::new("kill")
