@@ -4,12 +4,15 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
 
 use bytes::Bytes;
 use common::server::AuthenticatedUser;
 use common::{ApiError, SessionCookie, request_id};
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
 use warp::Reply;
 use warp::http::Method;
 use warp::http::header::{
@@ -80,7 +83,6 @@ impl Proxy {
             // A gateway talks to its own upstreams; HTTP_PROXY and friends are for other programs.
             .no_proxy()
             .connect_timeout(config.upstream_timeout)
-            .read_timeout(config.upstream_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
             .http1_only()
@@ -149,26 +151,44 @@ impl Proxy {
 
         let mut outgoing = reqwest::Request::new(method, url);
         *outgoing.headers_mut() = headers;
+        // The wait for the answer starts once the whole body has gone upstream: a large upload
+        // over a slow link is not a slow upstream.
+        let (body_sent, answer_due) = oneshot::channel();
         let body_too_large = Arc::new(AtomicBool::new(false));
         if has_body {
-            let limited = limit_body(body, self.max_body_bytes, Arc::clone(&body_too_large));
-            *outgoing.body_mut() = Some(reqwest::Body::wrap_stream(limited));
+            let outgoing_body = OutgoingBody {
+                inner: body,
+                seen: 0,
+                limit: self.max_body_bytes,
+                exceeded: Arc::clone(&body_too_large),
+                sent: Some(body_sent),
+            };
+            *outgoing.body_mut() = Some(reqwest::Body::wrap_stream(outgoing_body));
+        } else {
+            drop(body_sent);
         }
+        let timeout = self.timeout;
+        let answer_deadline = async move {
+            let _ = answer_due.await;
+            tokio::time::sleep(timeout).await;
+        };
 
         let started = Instant::now();
-        let sent = tokio::time::timeout(self.timeout, self.client.execute(outgoing)).await;
+        let sent = tokio::select! {
+            sent = self.client.execute(outgoing) => sent,
+            () = answer_deadline => return Err(ApiError::GatewayTimeout),
+        };
         let upstream_response = match sent {
-            Err(_elapsed) => return Err(ApiError::GatewayTimeout),
-            Ok(Err(_)) if body_too_large.load(Ordering::Relaxed) => {
+            Err(_) if body_too_large.load(Ordering::Relaxed) => {
                 return Err(ApiError::PayloadTooLarge);
             }
-            Ok(Err(error)) if error.is_timeout() => return Err(ApiError::GatewayTimeout),
-            Ok(Err(error)) => {
+            Err(error) if error.is_timeout() => return Err(ApiError::GatewayTimeout),
+            Err(error) => {
                 let id = id.as_ref().and_then(|id| id.to_str().ok()).unwrap_or("-");
                 log::warn!("{id} upstream {upstream:?} failed: {}", error.without_url());
                 return Err(ApiError::BadGateway);
             }
-            Ok(Ok(response)) => response,
+            Ok(response) => response,
         };
         let mut response = self.relay_response(upstream_response);
         response
@@ -231,7 +251,12 @@ impl Proxy {
         let mut headers = std::mem::take(upstream.headers_mut());
         strip_hop_by_hop(&mut headers);
         self.drop_session_overwrites(&mut headers);
-        let mut response = warp::reply::stream(upstream.bytes_stream()).into_response();
+        let body = IdleTimeout {
+            inner: Box::pin(upstream.bytes_stream()),
+            timeout: self.timeout,
+            deadline: Box::pin(tokio::time::sleep(self.timeout)),
+        };
+        let mut response = warp::reply::stream(body).into_response();
         *response.status_mut() = status;
         *response.headers_mut() = headers;
         response
@@ -295,21 +320,79 @@ fn upstream_url(
     Ok(url)
 }
 
-/// Passes the body on while counting it; past `limit` bytes the stream fails, so the upstream
-/// never receives more than the limit, and `exceeded` tells why it failed.
-fn limit_body(
-    body: BodyStream,
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The client's body on its way upstream: counted, so that past the limit it fails and the
+/// upstream never receives more than the limit (`exceeded` then tells why), and telling `sent`
+/// when it has all gone (or was dropped), to start the wait for the answer.
+struct OutgoingBody {
+    inner: BodyStream,
+    seen: u64,
     limit: u64,
     exceeded: Arc<AtomicBool>,
-) -> impl Stream<Item = Result<Bytes, Box<dyn std::error::Error + Send + Sync>>> + Send {
-    let mut seen: u64 = 0;
-    body.map(move |chunk| {
-        let bytes = chunk?;
-        seen += bytes.len() as u64;
-        if seen > limit {
-            exceeded.store(true, Ordering::Relaxed);
-            return Err(BodyTooLarge.into());
+    sent: Option<oneshot::Sender<()>>,
+}
+
+impl Stream for OutgoingBody {
+    type Item = Result<Bytes, BoxError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        match ready!(this.inner.as_mut().poll_next(cx)) {
+            None => {
+                if let Some(sent) = this.sent.take() {
+                    let _ = sent.send(());
+                }
+                Poll::Ready(None)
+            }
+            Some(Err(error)) => Poll::Ready(Some(Err(error.into()))),
+            Some(Ok(bytes)) => {
+                this.seen += bytes.len() as u64;
+                if this.seen > this.limit {
+                    this.exceeded.store(true, Ordering::Relaxed);
+                    return Poll::Ready(Some(Err(BodyTooLarge.into())));
+                }
+                Poll::Ready(Some(Ok(bytes)))
+            }
         }
-        Ok(bytes)
-    })
+    }
+}
+
+/// The upstream's body on its way back. An upstream that falls silent mid-body for longer than
+/// the timeout ends the response, rather than holding two connections open forever.
+struct IdleTimeout {
+    inner: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send + Sync>>,
+    timeout: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+#[derive(Debug)]
+struct UpstreamStalled;
+
+impl std::fmt::Display for UpstreamStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("upstream body stalled")
+    }
+}
+
+impl std::error::Error for UpstreamStalled {}
+
+impl Stream for IdleTimeout {
+    type Item = Result<Bytes, BoxError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        match this.inner.as_mut().poll_next(cx) {
+            Poll::Ready(item) => {
+                this.deadline
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + this.timeout);
+                Poll::Ready(item.map(|chunk| chunk.map_err(BoxError::from)))
+            }
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(UpstreamStalled.into()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
 }

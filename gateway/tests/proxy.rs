@@ -5,6 +5,8 @@ mod support;
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
+
 use gateway::config::Config;
 use support::{Recorder, TestApp, json, message, raw, spawn_gateway, spawn_recorder, status_of};
 
@@ -339,6 +341,42 @@ async fn a_slow_upstream_is_a_504() {
         .unwrap();
     assert_eq!(response.status(), 504);
     assert_eq!(json(response).await, message("Upstream service timed out"));
+}
+
+#[tokio::test]
+async fn an_upload_slower_than_the_timeout_is_not_a_timeout() {
+    let (app, recorder, token) =
+        app_with(|config| config.upstream_timeout = Duration::from_millis(300)).await;
+    // The client dribbles its body for longer than the upstream timeout; the upstream is fast.
+    let dribble = futures_util::stream::iter(0..6).then(|_| async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"chunk"))
+    });
+    let response = authed(&app, "POST", "/rec/upload", &token)
+        .body(reqwest::Body::wrap_stream(dribble))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(recorder.last().body_len, 30);
+}
+
+#[tokio::test]
+async fn an_upstream_silent_mid_body_ends_the_response() {
+    let (app, _, token) =
+        app_with(|config| config.upstream_timeout = Duration::from_millis(300)).await;
+    let response = authed(&app, "GET", "/rec/stall", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(10), response.bytes())
+        .await
+        .expect("the gateway gives up on the stalled upstream");
+    assert!(
+        body.is_err(),
+        "a truncated body is an error, not a short success"
+    );
 }
 
 #[tokio::test]

@@ -299,6 +299,12 @@ async fn answer(path: &str) -> warp::reply::Response {
             headers.insert("date", "Thu, 01 Jan 2026 00:00:00 GMT".parse().unwrap());
             response
         }
+        ["rec", "stall"] => {
+            // Sends the head and a first chunk, then never another byte.
+            let first =
+                futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"first"))]);
+            warp::reply::stream(first.chain(futures_util::stream::pending())).into_response()
+        }
         ["rec", "bytes", n] => {
             warp::reply::stream(byte_stream(n.parse().unwrap_or(0))).into_response()
         }
