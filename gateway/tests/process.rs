@@ -246,3 +246,15 @@ async fn hash_password_reads_stdin_and_its_hash_logs_in_through_users_file() {
     let demo = gateway.login(&client, "user1", "password1").await;
     assert_eq!(demo.status(), 401, "the demo users are gone");
 }
+
+#[tokio::test]
+async fn password_checks_give_their_memory_back() {
+    let gateway = GatewayProcess::start(&[("SECRET_KEY", GOOD_SECRET)]).await;
+    let client = support::plain_client();
+    for password in ["password1", "wrong", "password1"] {
+        gateway.login(&client, "user1", password).await;
+    }
+    let (peak, now) = (gateway.peak_rss_kib(), gateway.rss_kib());
+    // Each Argon2 check maps 46 MiB; once done, that memory must leave the process.
+    assert!(peak > now + 40 * 1024, "peak {peak} KiB, now {now} KiB");
+}
