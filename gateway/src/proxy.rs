@@ -146,7 +146,11 @@ impl Proxy {
         }
         let has_body = declared_length.is_some() || headers.contains_key(TRANSFER_ENCODING);
         let id = headers.get(&request_id::HEADER).cloned();
-        let url = upstream_url(upstream, &path, query.as_deref())?;
+        let url = upstream
+            .url_for(&path, query.as_deref())
+            .ok_or(ApiError::BadRequest(
+                "Request path cannot be forwarded unchanged",
+            ))?;
         self.prepare_request_headers(&mut headers, user, peer)?;
 
         let mut outgoing = reqwest::Request::new(method, url);
@@ -295,29 +299,6 @@ fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
             .map(Some)
             .ok_or(ApiError::BadRequest("Invalid Content-Length")),
     }
-}
-
-/// The upstream URL for exactly the path that was authorised. The URL parser resolves dot segments
-/// and rewrites some characters; the path was checked to need none of that, and if the parser
-/// would still change it the request is refused rather than sent somewhere else.
-fn upstream_url(
-    upstream: &Upstream,
-    path: &str,
-    query: Option<&str>,
-) -> Result<reqwest::Url, ApiError> {
-    let mut target = String::with_capacity(upstream.origin().len() + path.len() + 64);
-    target.push_str(upstream.origin());
-    target.push_str(path);
-    if let Some(query) = query {
-        target.push('?');
-        target.push_str(query);
-    }
-    let unchanged = ApiError::BadRequest("Request path cannot be forwarded unchanged");
-    let url = reqwest::Url::parse(&target).map_err(|_| unchanged.clone())?;
-    if url.path() != path {
-        return Err(unchanged);
-    }
-    Ok(url)
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
