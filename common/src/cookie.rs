@@ -88,11 +88,9 @@ impl SessionCookie {
 
     /// Whether a `Set-Cookie` value from an upstream would overwrite this cookie.
     pub fn is_set_by(&self, set_cookie: &HeaderValue) -> bool {
-        let Ok(text) = set_cookie.to_str() else {
-            return false;
-        };
-        let name = text.split_once('=').map_or(text, |(name, _)| name);
-        name.trim() == self.name
+        let bytes = set_cookie.as_bytes();
+        let name = bytes.split(|byte| *byte == b'=').next().unwrap_or(bytes);
+        name.trim_ascii() == self.name.as_bytes()
     }
 }
 
@@ -190,5 +188,7 @@ mod tests {
         let cookie = SessionCookie::new("token", false).unwrap();
         assert!(cookie.is_set_by(&HeaderValue::from_static("token=evil; Path=/")));
         assert!(!cookie.is_set_by(&HeaderValue::from_static("theme=dark; Path=/")));
+        let not_utf8 = HeaderValue::from_bytes(b"token=\xff\xfe; Path=/").unwrap();
+        assert!(cookie.is_set_by(&not_utf8));
     }
 }

@@ -88,7 +88,19 @@ pub struct Exchange<'a> {
 /// Told about every request; the gateway counts them for its metrics.
 pub trait Observer: Send + Sync + 'static {
     fn started(&self) {}
+    /// The request has an answer.
     fn finished(&self, _exchange: &Exchange<'_>) {}
+    /// The request is over, answered or abandoned by a client that went away.
+    fn ended(&self) {}
+}
+
+/// Calls [`Observer::ended`] however the request's future ends, dropped ones included.
+struct InFlight<O: Observer>(Arc<O>);
+
+impl<O: Observer> Drop for InFlight<O> {
+    fn drop(&mut self) {
+        self.0.ended();
+    }
 }
 
 /// Observes nothing beyond the access log.
@@ -115,7 +127,9 @@ where
     let service = warp::service(filter);
     let run = async move {
         let connections = GracefulShutdown::new();
-        let mut http = auto::Builder::new(TokioExecutor::new());
+        // HTTP/1 only: without TLS, HTTP/2 would arrive as cleartext h2c, which browsers never
+        // speak and whose requests carry no Host header for the same-origin check.
+        let mut http = auto::Builder::new(TokioExecutor::new()).http1_only();
         // Slow clients may not hold a connection open by dribbling their headers.
         http.http1()
             .timer(TokioTimer::new())
@@ -185,6 +199,7 @@ where
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         observer.started();
+        let in_flight = InFlight(Arc::clone(&observer));
         let mut service = service.clone();
         let observer = Arc::clone(&observer);
         let response = tower_service::Service::call(&mut service, request);
@@ -213,6 +228,7 @@ where
                 elapsed.as_secs_f64() * 1000.0,
                 peer.ip(),
             );
+            let _in_flight = in_flight;
             observer.finished(&Exchange {
                 method: &method,
                 path: &path,

@@ -11,6 +11,10 @@ use crate::routes::{DEFAULT_ROUTES, Route, parse_routes};
 use crate::throttle::ThrottleLimits;
 
 pub const MIN_SECRET_BYTES: usize = 32;
+/// A year: longer sessions are a mistake, and the bound keeps `iat + ttl` far from overflow.
+const MAX_TTL_SECS: u64 = 365 * 24 * 3600;
+/// Clock skew beyond a few minutes is a broken clock, not skew.
+const MAX_LEEWAY_SECS: u64 = 300;
 const PLACEHOLDER_SECRETS: [&str; 4] = ["your_secret_key", "changeme", "change-me", "secret_key"];
 const HOW_TO_MAKE_A_SECRET: &str = "make one with `openssl rand -base64 48`";
 
@@ -18,7 +22,7 @@ const HOW_TO_MAKE_A_SECRET: &str = "make one with `openssl rand -base64 48`";
 pub struct Config {
     pub listen: Listen,
     pub secret: SecretKey,
-    pub previous_secret: Option<Vec<u8>>,
+    pub previous_secret: Option<SecretKey>,
     pub token_policy: TokenPolicy,
     pub routes: Vec<Route>,
     /// The `USERS_FILE` contents; `None` means the two demo users.
@@ -60,8 +64,21 @@ impl Config {
     pub fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
         let ttl = env.parse_or("TOKEN_TTL_SECS", TokenPolicy::DEFAULT_TTL.as_secs())?;
         let leeway = env.parse_or("TOKEN_LEEWAY_SECS", TokenPolicy::DEFAULT_LEEWAY.as_secs())?;
-        if ttl == 0 {
-            return Err(ConfigError("TOKEN_TTL_SECS must be at least 1".to_owned()));
+        if !(1..=MAX_TTL_SECS).contains(&ttl) {
+            return Err(ConfigError(format!(
+                "TOKEN_TTL_SECS must be from 1 to {MAX_TTL_SECS}"
+            )));
+        }
+        if leeway > MAX_LEEWAY_SECS {
+            return Err(ConfigError(format!(
+                "TOKEN_LEEWAY_SECS must be at most {MAX_LEEWAY_SECS}"
+            )));
+        }
+        let upstream_timeout = env.parse_or("UPSTREAM_TIMEOUT_SECS", 30)?;
+        if upstream_timeout == 0 {
+            return Err(ConfigError(
+                "UPSTREAM_TIMEOUT_SECS must be at least 1".to_owned(),
+            ));
         }
         let secure = env.parse_or("COOKIE_SECURE", false)?;
         let default_name = if secure {
@@ -85,7 +102,7 @@ impl Config {
         Ok(Self {
             listen: Listen::from_env(env, 5000)?,
             secret,
-            previous_secret: secret_from(env, "SECRET_KEY_PREVIOUS")?,
+            previous_secret: secret_from(env, "SECRET_KEY_PREVIOUS")?.map(SecretKey::Configured),
             token_policy: TokenPolicy {
                 ttl: Duration::from_secs(ttl),
                 leeway: Duration::from_secs(leeway),
@@ -100,7 +117,7 @@ impl Config {
             },
             cookie,
             max_body_bytes: env.parse_or("MAX_BODY_BYTES", 10 * 1024 * 1024)?,
-            upstream_timeout: Duration::from_secs(env.parse_or("UPSTREAM_TIMEOUT_SECS", 30)?),
+            upstream_timeout: Duration::from_secs(upstream_timeout),
             trusted_proxies: parse_list(env, "TRUSTED_PROXIES", |raw| raw.parse())?,
             allowed_origins: parse_list(env, "ALLOWED_ORIGINS", |raw| {
                 Ok::<_, ()>(raw.trim_end_matches('/').to_owned())

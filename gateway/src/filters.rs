@@ -235,7 +235,7 @@ fn raw_query() -> impl Filter<Extract = (Option<String>,), Error = Infallible> +
 /// The whole body, when it is at most `limit` bytes; a larger one is refused without being read
 /// to the end. Unlike `warp::body::content_length_limit`, a body without Content-Length is fine.
 fn small_body(limit: usize) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
-    let too_large = || warp::reject::custom(ApiError::BadRequest("Request body too large"));
+    let too_large = || warp::reject::custom(ApiError::BadRequest("Login body too large"));
     warp::header::optional::<u64>(CONTENT_LENGTH.as_str())
         .and(body_stream())
         .and_then(

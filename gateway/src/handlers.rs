@@ -7,7 +7,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use common::server::AuthenticatedUser;
 use common::{ApiError, Claims, json_message, request_id};
-use serde::Deserialize;
 use warp::Reply;
 use warp::http::StatusCode;
 use warp::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderMap, HeaderValue, SET_COOKIE};
@@ -16,16 +15,6 @@ use warp::reply::Response;
 use crate::Gateway;
 use crate::network::client_ip;
 use crate::users::{MAX_USERNAME_BYTES, verify_off_the_workers};
-
-/// The tutorial's login body. Missing fields are not a format error: like the tutorial, they get
-/// "Invalid credentials".
-#[derive(Debug, Deserialize)]
-struct LoginRequest {
-    #[serde(default)]
-    username: Option<String>,
-    #[serde(default)]
-    password: Option<String>,
-}
 
 pub async fn login(
     gateway: Arc<Gateway>,
@@ -45,16 +34,24 @@ async fn try_login(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, ApiError> {
-    let request: LoginRequest = serde_json::from_slice(body).map_err(|_| {
-        ApiError::BadRequest("Request body must be a JSON object with username and password")
-    })?;
+    let request: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)
+        .map_err(|_| {
+            ApiError::BadRequest("Request body must be a JSON object with username and password")
+        })?;
+    // Like the tutorial, a missing field, or one that is not a string, is just not a match.
+    let field = |name: &str| {
+        request
+            .get(name)
+            .and_then(|value| value.as_str())
+            .map(str::to_owned)
+    };
     let client = client_ip(peer, headers, &gateway.trusted_proxies)
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let id = headers
         .get(&request_id::HEADER)
         .and_then(|id| id.to_str().ok())
         .unwrap_or("-");
-    let (Some(username), Some(password)) = (request.username, request.password) else {
+    let (Some(username), Some(password)) = (field("username"), field("password")) else {
         return Err(ApiError::InvalidCredentials);
     };
     if username.is_empty() || password.is_empty() || username.len() > MAX_USERNAME_BYTES {
@@ -62,12 +59,11 @@ async fn try_login(
     }
     gateway
         .throttle
-        .check(&username, client)
+        .begin_attempt(&username, client)
         .map_err(|retry_after_secs| ApiError::TooManyRequests { retry_after_secs })?;
 
     let valid = verify_off_the_workers(&gateway.users, username.clone(), password).await;
     if !valid {
-        gateway.throttle.record_failure(&username, client);
         log::info!("{id} login failed for a user from {client}");
         return Err(ApiError::InvalidCredentials);
     }
@@ -83,11 +79,12 @@ async fn try_login(
         .cookie
         .issue(&token, max_age)
         .map_err(|_| ApiError::BadRequest("Session cookie would exceed 4096 bytes"))?;
-    log::info!("login succeeded for {username}");
-    Ok(no_store(with_cookie(
-        json_message(StatusCode::OK, "Logged in successfully"),
-        cookie,
-    )))
+    log::info!("{id} login succeeded for {username}");
+    let mut response = json_message(StatusCode::OK, "Logged in successfully");
+    response
+        .extensions_mut()
+        .insert(AuthenticatedUser(username));
+    Ok(no_store(with_cookie(response, cookie)))
 }
 
 /// Logs out with or without a session: a valid token is revoked on the server, and the browser
@@ -124,15 +121,15 @@ pub async fn readiness(gateway: Arc<Gateway>) -> Response {
     if down.is_empty() {
         return json_message(StatusCode::OK, "ready");
     }
-    let body = warp::reply::json(&serde_json::json!({ "message": "not ready", "down": down }));
-    warp::reply::with_status(body, StatusCode::SERVICE_UNAVAILABLE).into_response()
+    let body = serde_json::json!({ "message": ApiError::NotReady.message(), "down": down });
+    warp::reply::with_status(warp::reply::json(&body), ApiError::NotReady.status()).into_response()
 }
 
 pub fn metrics(gateway: &Gateway) -> Response {
     let mut response = gateway.metrics.render().into_response();
     response.headers_mut().insert(
         CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
     response
 }

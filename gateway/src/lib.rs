@@ -22,7 +22,7 @@ use common::TokenKeys;
 use common::env::ConfigError;
 
 use crate::auth::Auth;
-use crate::config::Config;
+use crate::config::{Config, SecretKey};
 use crate::metrics::Metrics;
 use crate::network::IpNetwork;
 use crate::proxy::Proxy;
@@ -47,7 +47,7 @@ impl Gateway {
     pub fn new(config: &Config) -> Result<Self, ConfigError> {
         let keys = TokenKeys::new(
             config.secret.bytes(),
-            config.previous_secret.as_deref(),
+            config.previous_secret.as_ref().map(SecretKey::bytes),
             config.token_policy,
         )
         .map_err(|_| ConfigError("SECRET_KEY cannot be used as an HMAC key".to_owned()))?;

@@ -55,9 +55,6 @@ pub struct Metrics {
     unmatched: Arc<String>,
 }
 
-/// The gateway's own endpoints, labelled by their path.
-const OWN_PATHS: [&str; 5] = ["/login", "/logout", "/healthz", "/readyz", "/metrics"];
-
 impl Metrics {
     pub fn new(routes: &[Route]) -> Self {
         let mut registry = Registry::with_prefix("gateway");
@@ -92,7 +89,11 @@ impl Metrics {
         let mut labels: Vec<(String, Arc<String>)> = routes
             .iter()
             .map(|route| route.prefix.clone())
-            .chain(OWN_PATHS.iter().map(|path| (*path).to_owned()))
+            .chain(
+                crate::routes::RESERVED
+                    .iter()
+                    .map(|path| (*path).to_owned()),
+            )
             .map(|prefix| (prefix.clone(), Arc::new(prefix)))
             .collect();
         labels.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
@@ -133,8 +134,11 @@ impl Observer for Metrics {
         self.in_flight.inc();
     }
 
-    fn finished(&self, exchange: &Exchange<'_>) {
+    fn ended(&self) {
         self.in_flight.dec();
+    }
+
+    fn finished(&self, exchange: &Exchange<'_>) {
         let route = self.route_label(exchange.path);
         let status = exchange.response.status().as_u16();
         self.requests

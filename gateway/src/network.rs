@@ -78,15 +78,26 @@ pub fn client_ip(
     if !is_listed(trusted, peer) {
         return Some(peer);
     }
-    let chain: Vec<IpAddr> = headers
+    let entries: Vec<&str> = headers
         .get_all("x-forwarded-for")
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
-        .filter_map(|entry| entry.trim().parse().ok())
+        .map(str::trim)
         .collect();
-    let nearest_untrusted = chain.iter().rev().find(|ip| !is_listed(trusted, **ip));
-    Some(nearest_untrusted.or(chain.first()).copied().unwrap_or(peer))
+    // From the nearest hop outwards; an entry that is not a plain address ends the trust, so
+    // that a malformed entry cannot hide the one the trusted proxy appended.
+    let mut client = peer;
+    for entry in entries.iter().rev() {
+        let Ok(ip) = entry.parse::<IpAddr>() else {
+            break;
+        };
+        client = ip;
+        if !is_listed(trusted, ip) {
+            break;
+        }
+    }
+    Some(client)
 }
 
 #[cfg(test)]
@@ -123,6 +134,12 @@ mod tests {
         assert_eq!(client_ip(peer, &headers, &trusted), Some(ip("5.6.7.8")));
         headers.insert("x-forwarded-for", "1.2.3.4, 10.9.9.9".parse().unwrap());
         assert_eq!(client_ip(peer, &headers, &trusted), Some(ip("1.2.3.4")));
+        headers.insert("x-forwarded-for", "6.6.6.6, 7.7.7.7:5678".parse().unwrap());
+        assert_eq!(
+            client_ip(peer, &headers, &trusted),
+            Some(ip("10.0.0.2")),
+            "no skipping past junk"
+        );
     }
 
     #[test]

@@ -31,6 +31,8 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const AUTHENTICATED_USER: HeaderName = HeaderName::from_static(common::AUTHENTICATED_USER_HEADER);
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, warp::Error>> + Send>>;
 
@@ -207,11 +209,16 @@ impl Proxy {
         user: &str,
         peer: Option<SocketAddr>,
     ) -> Result<(), ApiError> {
+        // The request id is the gateway's, even if the client named it in `Connection`.
+        let request_id = headers.remove(&request_id::HEADER);
         strip_hop_by_hop(headers);
+        if let Some(id) = request_id {
+            headers.insert(request_id::HEADER, id);
+        }
         // The client talks to the gateway; what it expects of the upstream's framing is ours to handle.
         headers.remove(EXPECT);
         let host = headers.remove(HOST);
-        headers.remove(&AUTHENTICATED_USER);
+        remove_spellings_of(headers, common::AUTHENTICATED_USER_HEADER);
         let identity = HeaderValue::from_str(user)
             .map_err(|_| ApiError::BadRequest("User name cannot be sent upstream"))?;
         headers.insert(AUTHENTICATED_USER, identity);
@@ -224,9 +231,15 @@ impl Proxy {
 
         let trusted_peer = peer.is_some_and(|peer| is_listed(&self.trusted_proxies, peer.ip()));
         if !trusted_peer {
-            headers.remove(&X_FORWARDED_FOR);
-            headers.remove(&X_FORWARDED_PROTO);
-            headers.remove(&X_FORWARDED_HOST);
+            for name in [
+                &X_FORWARDED_FOR,
+                &X_FORWARDED_PROTO,
+                &X_FORWARDED_HOST,
+                &FORWARDED,
+                &X_REAL_IP,
+            ] {
+                headers.remove(name);
+            }
         }
         if let Some(peer) = peer {
             // A trusted proxy's chain is extended; anyone else's was dropped above.
@@ -285,6 +298,20 @@ impl Proxy {
         for value in kept {
             headers.append(SET_COOKIE, value);
         }
+    }
+}
+
+/// Removes `name` and every header that CGI-style upstreams would read as the same variable:
+/// `X_Authenticated_User` becomes `HTTP_X_AUTHENTICATED_USER` just as `X-Authenticated-User` does.
+fn remove_spellings_of(headers: &mut HeaderMap, name: &str) {
+    headers.remove(name);
+    let lookalikes: Vec<HeaderName> = headers
+        .keys()
+        .filter(|key| key.as_str().contains('_') && key.as_str().replace('_', "-") == name)
+        .cloned()
+        .collect();
+    for lookalike in lookalikes {
+        headers.remove(lookalike);
     }
 }
 

@@ -4,8 +4,8 @@ use std::fmt;
 
 use common::env::ConfigError;
 
-/// Paths the gateway answers itself; no route may shadow them.
-const RESERVED: [&str; 5] = ["/login", "/logout", "/healthz", "/readyz", "/metrics"];
+/// Paths the gateway answers itself; no route may shadow them, and metrics label them as such.
+pub const RESERVED: [&str; 5] = ["/login", "/logout", "/healthz", "/readyz", "/metrics"];
 
 pub const DEFAULT_ROUTES: &str =
     "/service1=http://service-one:5001,/service2=http://service-two:5002";
@@ -168,9 +168,11 @@ pub fn check_path(path: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// `.` or `..`, with any dot written as `%2e`.
+/// `.` or `..`, with any dot written as `%2e`, and with or without `;parameters`, which servlet
+/// containers strip before resolving dot segments (`/service1/..;/admin`).
 fn is_dot_segment(segment: &str) -> bool {
-    let mut rest = segment;
+    let without_parameters = segment.split(';').next().unwrap_or(segment);
+    let mut rest = without_parameters;
     let mut dots = 0;
     while !rest.is_empty() {
         if let Some(after) = rest.strip_prefix('.') {
@@ -259,6 +261,8 @@ mod tests {
             "//x",
             "/service1//x",
             "/service1/%00",
+            "/service1/..;/admin",
+            "/service1/.;x/admin",
         ] {
             assert!(check_path(path).is_err(), "{path}");
         }

@@ -75,43 +75,33 @@ impl LoginThrottle {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// `Err(seconds to wait)` when this user or this address has failed too often lately.
-    pub fn check(&self, username: &str, ip: IpAddr) -> Result<(), u64> {
-        let now = Instant::now();
-        let windows = self.windows();
-        let wait = |key: Key, limit: u32| {
-            let window = windows.get(&key)?;
-            let ends = window.started + self.limits.window;
-            (window.failures >= limit && ends > now).then(|| (ends - now).as_secs().max(1))
-        };
-        match wait(
-            Key::User(username.to_owned()),
-            self.limits.failures_per_user,
-        )
-        .max(wait(Key::Ip(ip), self.limits.failures_per_ip))
-        {
-            Some(seconds) => Err(seconds),
-            None => Ok(()),
-        }
-    }
-
-    pub fn record_failure(&self, username: &str, ip: IpAddr) {
+    /// Counts a login attempt as a failure before the password is checked, and refuses it with
+    /// `Err(seconds to wait)` when this user or this address has failed too often lately. Counting
+    /// first, under the same lock as the check, means parallel guesses cannot all slip in before
+    /// the first failure is recorded.
+    pub fn begin_attempt(&self, username: &str, ip: IpAddr) -> Result<(), u64> {
         let now = Instant::now();
         let mut windows = self.windows();
-        if windows.len() + 2 > self.limits.capacity {
-            windows.retain(|_, window| window.started + self.limits.window > now);
+        let keys = [
+            (
+                Key::User(username.to_owned()),
+                self.limits.failures_per_user,
+            ),
+            (Key::Ip(ip), self.limits.failures_per_ip),
+        ];
+        let wait = keys
+            .iter()
+            .filter_map(|(key, limit)| {
+                let window = windows.get(key)?;
+                let ends = window.started + self.limits.window;
+                (window.failures >= *limit && ends > now).then(|| (ends - now).as_secs().max(1))
+            })
+            .max();
+        if let Some(seconds) = wait {
+            return Err(seconds);
         }
-        for key in [Key::User(username.to_owned()), Key::Ip(ip)] {
-            if windows.len() >= self.limits.capacity && !windows.contains_key(&key) {
-                // Still full of live windows: forget the oldest rather than grow.
-                if let Some(oldest) = windows
-                    .iter()
-                    .min_by_key(|(_, w)| w.started)
-                    .map(|(k, _)| k.clone())
-                {
-                    windows.remove(&oldest);
-                }
-            }
+        self.make_room(&mut windows, now);
+        for (key, _) in keys {
             let window = windows.entry(key).or_insert(Window {
                 started: now,
                 failures: 0,
@@ -124,13 +114,36 @@ impl LoginThrottle {
             }
             window.failures += 1;
         }
+        Ok(())
     }
 
-    /// A successful login forgets the user's and the address's failures.
+    /// A successful login forgets the user's failures, and takes back the attempt it counted
+    /// against the address; the address's other failures stand, so that one valid account
+    /// cannot be used to reset the limit while spraying passwords at others.
     pub fn record_success(&self, username: &str, ip: IpAddr) {
         let mut windows = self.windows();
         windows.remove(&Key::User(username.to_owned()));
-        windows.remove(&Key::Ip(ip));
+        if let Some(window) = windows.get_mut(&Key::Ip(ip)) {
+            window.failures = window.failures.saturating_sub(1);
+        }
+    }
+
+    /// Keeps the table within its capacity: expired windows go first, then the oldest.
+    fn make_room(&self, windows: &mut HashMap<Key, Window>, now: Instant) {
+        if windows.len() + 2 <= self.limits.capacity {
+            return;
+        }
+        windows.retain(|_, window| window.started + self.limits.window > now);
+        while windows.len() + 2 > self.limits.capacity {
+            let Some(oldest) = windows
+                .iter()
+                .min_by_key(|(_, w)| w.started)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            windows.remove(&oldest);
+        }
     }
 
     pub fn tracked(&self) -> usize {
@@ -157,31 +170,37 @@ mod tests {
     fn the_user_limit_trips_and_success_resets_it() {
         let throttle = LoginThrottle::new(limits());
         for _ in 0..3 {
-            assert!(throttle.check("alice", IP).is_ok());
-            throttle.record_failure("alice", IP);
+            assert!(throttle.begin_attempt("alice", IP).is_ok());
         }
-        let wait = throttle.check("alice", IP).unwrap_err();
+        let wait = throttle.begin_attempt("alice", IP).unwrap_err();
         assert!((1..=60).contains(&wait));
-        assert!(throttle.check("bob", [10, 0, 0, 1].into()).is_ok());
+        assert!(throttle.begin_attempt("bob", [10, 0, 0, 1].into()).is_ok());
         throttle.record_success("alice", IP);
-        assert!(throttle.check("alice", IP).is_ok());
+        assert!(throttle.begin_attempt("alice", IP).is_ok());
     }
 
     #[test]
-    fn the_address_limit_covers_many_user_names() {
+    fn the_address_limit_covers_many_user_names_and_a_success_does_not_reset_it() {
         let throttle = LoginThrottle::new(limits());
-        for n in 0..5 {
-            throttle.record_failure(&format!("user{n}"), IP);
+        for n in 0..4 {
+            assert!(throttle.begin_attempt(&format!("user{n}"), IP).is_ok());
         }
-        assert!(throttle.check("someone-else", IP).is_err());
-        assert!(throttle.check("someone-else", [10, 0, 0, 1].into()).is_ok());
+        assert!(throttle.begin_attempt("mine", IP).is_ok());
+        throttle.record_success("mine", IP);
+        assert!(throttle.begin_attempt("user9", IP).is_ok());
+        assert!(throttle.begin_attempt("someone-else", IP).is_err());
+        assert!(
+            throttle
+                .begin_attempt("someone-else", [10, 0, 0, 1].into())
+                .is_ok()
+        );
     }
 
     #[test]
     fn memory_is_bounded() {
         let throttle = LoginThrottle::new(limits());
         for n in 0..1000u32 {
-            throttle.record_failure(&format!("user{n}"), IpAddr::V4(n.into()));
+            let _ = throttle.begin_attempt(&format!("user{n}"), IpAddr::V4(n.into()));
         }
         assert!(throttle.tracked() <= 100);
     }

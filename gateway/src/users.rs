@@ -18,7 +18,7 @@ pub struct Users {
     hashes: HashMap<String, String>,
     /// One password check per core at a time: each takes Argon2's 46 MiB and tens of
     /// milliseconds, so a flood of logins waits its turn instead of exhausting memory.
-    checking_slots: Semaphore,
+    checking_slots: Arc<Semaphore>,
     /// Checked against when the user is unknown, so that an unknown name costs the same time as a
     /// wrong password and timing reveals no user names.
     decoy_hash: String,
@@ -56,6 +56,12 @@ impl Users {
             if name.is_empty() || name.len() > MAX_USERNAME_BYTES {
                 return Err(error("has an empty or overlong user name"));
             }
+            // The name travels upstream in X-Authenticated-User.
+            if !name.bytes().all(|byte| byte.is_ascii_graphic()) {
+                return Err(error(
+                    "has a user name that is not printable ASCII without spaces",
+                ));
+            }
             let parsed = PasswordHash::new(hash).map_err(|_| error("has no valid PHC hash"))?;
             if parsed.algorithm != argon2::Algorithm::Argon2id.ident() {
                 return Err(error(
@@ -80,7 +86,7 @@ impl Users {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         Ok(Self {
             hashes,
-            checking_slots: Semaphore::new(cores),
+            checking_slots: Arc::new(Semaphore::new(cores)),
             decoy_hash,
         })
     }
@@ -108,13 +114,18 @@ pub async fn verify_off_the_workers(
     username: String,
     password: String,
 ) -> bool {
-    let Ok(_slot) = users.checking_slots.acquire().await else {
+    let Ok(slot) = Arc::clone(&users.checking_slots).acquire_owned().await else {
         return false;
     };
     let users = Arc::clone(users);
-    tokio::task::spawn_blocking(move || users.verify(&username, &password))
-        .await
-        .unwrap_or(false)
+    // The slot goes with the check, not with the request: a client that hangs up does not free
+    // it while its hash is still being computed.
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        users.verify(&username, &password)
+    })
+    .await
+    .unwrap_or(false)
 }
 
 /// Argon2id with OWASP's first recommended cost: 46 MiB, one pass, one lane. (Verifying uses the

@@ -80,7 +80,7 @@ async fn metrics_count_requests_auth_failures_logins_and_latency_by_route() {
         response.headers()["content-type"]
             .to_str()
             .unwrap()
-            .starts_with("text/plain")
+            .starts_with("application/openmetrics-text")
     );
     let text = response.text().await.unwrap();
     for line in [
@@ -96,6 +96,8 @@ async fn metrics_count_requests_auth_failures_logins_and_latency_by_route() {
         r#"gateway_logins_total{outcome="invalid_credentials"} 1"#,
         r#"gateway_upstream_latency_seconds_count{route="/service1"} 3"#,
         "# TYPE gateway_in_flight_requests gauge",
+        // Only the /metrics request itself is in flight while it renders.
+        "gateway_in_flight_requests 1",
     ] {
         assert!(text.contains(line), "missing {line} in\n{text}");
     }

@@ -187,6 +187,14 @@ async fn every_log_line_of_a_request_carries_its_id_and_one_access_line() {
         .await
         .unwrap();
     assert_eq!(response.status(), 401);
+    let success = support::plain_client()
+        .post(gateway.url("/login"))
+        .header("x-request-id", "req-success-8")
+        .json(&serde_json::json!({"username": "user2", "password": "password2"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(success.status(), 200);
     gateway.signal("-TERM");
     let mut gateway = gateway;
     gateway.child.wait().await.unwrap();
@@ -205,6 +213,22 @@ async fn every_log_line_of_a_request_carries_its_id_and_one_access_line() {
         .collect();
     assert_eq!(access.len(), 1, "{log}");
     assert!(access[0].contains("ms user=-"), "{log}");
+    let succeeded: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("req-success-8"))
+        .collect();
+    assert!(
+        succeeded
+            .iter()
+            .any(|line| line.contains("login succeeded")),
+        "{log}"
+    );
+    assert!(
+        succeeded
+            .iter()
+            .any(|line| line.contains("POST /login 200") && line.contains("user=user2")),
+        "{log}"
+    );
 }
 
 #[tokio::test]

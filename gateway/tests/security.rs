@@ -100,9 +100,9 @@ async fn a_flipped_signature_bit_or_an_edited_payload_is_refused() {
     let app = spawn_app().await;
     let token = app.token().await;
     let (head, signature) = token.rsplit_once('.').unwrap();
-    let mut bits = signature.as_bytes().to_vec();
-    bits[0] ^= 0x01;
-    let flipped = format!("{head}.{}", String::from_utf8(bits).unwrap());
+    // Another base64url character in the first position: still decodable, a different MAC.
+    let replacement = if signature.starts_with('B') { "C" } else { "B" };
+    let flipped = format!("{head}.{replacement}{}", &signature[1..]);
     assert_refused(&app, &flipped, "flipped bit").await;
 
     let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
@@ -219,7 +219,7 @@ async fn rotation_accepts_the_previous_key_until_it_is_retired() {
     let old_token = spawn_gateway(before).await.token().await;
 
     let mut rotating = gateway::config::Config::for_routes(&new_secret, routes.clone()).unwrap();
-    rotating.previous_secret = Some(old_secret.clone());
+    rotating.previous_secret = Some(gateway::config::SecretKey::Configured(old_secret.clone()));
     let app = spawn_gateway(rotating).await;
     let (status, _) = status_and_body(&app, &format!("token={old_token}")).await;
     assert_eq!(
@@ -241,7 +241,7 @@ async fn rotation_accepts_the_previous_key_until_it_is_retired() {
 }
 
 #[tokio::test]
-async fn repeated_failures_are_throttled_and_a_success_resets_the_count() {
+async fn repeated_failures_are_throttled_with_retry_after() {
     let app = spawn_app().await;
     for _ in 0..5 {
         assert_eq!(app.login("user1", "wrong").await.status(), 401);
