@@ -41,6 +41,8 @@ pub enum ApiError {
     NotFound,
     MethodNotAllowed,
     PayloadTooLarge,
+    /// The client stopped sending its body.
+    RequestTimeout,
     TooManyRequests {
         retry_after_secs: u64,
     },
@@ -60,6 +62,7 @@ impl ApiError {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::BadGateway => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -77,6 +80,7 @@ impl ApiError {
             Self::NotFound => "Not found",
             Self::MethodNotAllowed => "Method not allowed",
             Self::PayloadTooLarge => "Request body too large",
+            Self::RequestTimeout => "Request body timed out",
             Self::TooManyRequests { .. } => "Too many failed attempts, try again later",
             Self::BadGateway => "Upstream service unavailable",
             Self::GatewayTimeout => "Upstream service timed out",

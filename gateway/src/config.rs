@@ -30,6 +30,8 @@ pub struct Config {
     pub cookie: SessionCookie,
     pub max_body_bytes: u64,
     pub upstream_timeout: Duration,
+    /// How long a client may pause in the middle of sending a body.
+    pub client_body_timeout: Duration,
     pub trusted_proxies: Vec<IpNetwork>,
     /// Origins, besides the gateway's own, whose pages may send unsafe requests with the cookie.
     pub allowed_origins: Vec<String>,
@@ -118,6 +120,9 @@ impl Config {
             cookie,
             max_body_bytes: env.parse_or("MAX_BODY_BYTES", 10 * 1024 * 1024)?,
             upstream_timeout: Duration::from_secs(upstream_timeout),
+            client_body_timeout: Duration::from_secs(
+                env.parse_or("CLIENT_BODY_TIMEOUT_SECS", 60)?.max(1),
+            ),
             trusted_proxies: parse_list(env, "TRUSTED_PROXIES", |raw| raw.parse())?,
             allowed_origins: parse_list(env, "ALLOWED_ORIGINS", |raw| {
                 Ok::<_, ()>(raw.trim_end_matches('/').to_owned())

@@ -2,9 +2,8 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, ready};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -63,20 +62,10 @@ pub struct Proxy {
     client: reqwest::Client,
     max_body_bytes: u64,
     timeout: Duration,
+    client_body_timeout: Duration,
     trusted_proxies: Vec<IpNetwork>,
     cookie: SessionCookie,
 }
-
-#[derive(Debug)]
-struct BodyTooLarge;
-
-impl std::fmt::Display for BodyTooLarge {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("request body over the limit")
-    }
-}
-
-impl std::error::Error for BodyTooLarge {}
 
 impl Proxy {
     pub fn new(config: &Config) -> reqwest::Result<Self> {
@@ -93,6 +82,7 @@ impl Proxy {
             client,
             max_body_bytes: config.max_body_bytes,
             timeout: config.upstream_timeout,
+            client_body_timeout: config.client_body_timeout,
             trusted_proxies: config.trusted_proxies.clone(),
             cookie: config.cookie.clone(),
         })
@@ -160,14 +150,16 @@ impl Proxy {
         // The wait for the answer starts once the whole body has gone upstream: a large upload
         // over a slow link is not a slow upstream.
         let (body_sent, answer_due) = oneshot::channel();
-        let body_too_large = Arc::new(AtomicBool::new(false));
+        let body_fault = Arc::new(OnceLock::new());
         if has_body {
             let outgoing_body = OutgoingBody {
                 inner: body,
                 seen: 0,
                 limit: self.max_body_bytes,
-                exceeded: Arc::clone(&body_too_large),
+                fault: Arc::clone(&body_fault),
                 sent: Some(body_sent),
+                idle_timeout: self.client_body_timeout,
+                idle_deadline: Box::pin(tokio::time::sleep(self.client_body_timeout)),
             };
             *outgoing.body_mut() = Some(reqwest::Body::wrap_stream(outgoing_body));
         } else {
@@ -185,8 +177,11 @@ impl Proxy {
             () = answer_deadline => return Err(ApiError::GatewayTimeout),
         };
         let upstream_response = match sent {
-            Err(_) if body_too_large.load(Ordering::Relaxed) => {
+            Err(_) if body_fault.get() == Some(&BodyFault::TooLarge) => {
                 return Err(ApiError::PayloadTooLarge);
+            }
+            Err(_) if body_fault.get() == Some(&BodyFault::Stalled) => {
+                return Err(ApiError::RequestTimeout);
             }
             Err(error) if error.is_timeout() => return Err(ApiError::GatewayTimeout),
             Err(error) => {
@@ -337,8 +332,17 @@ struct OutgoingBody {
     inner: BodyStream,
     seen: u64,
     limit: u64,
-    exceeded: Arc<AtomicBool>,
+    fault: Arc<OnceLock<BodyFault>>,
     sent: Option<oneshot::Sender<()>>,
+    idle_timeout: Duration,
+    idle_deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+/// Why the client's body stopped on its way upstream, when the client is to blame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyFault {
+    TooLarge,
+    Stalled,
 }
 
 impl Stream for OutgoingBody {
@@ -346,7 +350,17 @@ impl Stream for OutgoingBody {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        match ready!(this.inner.as_mut().poll_next(cx)) {
+        let Poll::Ready(item) = this.inner.as_mut().poll_next(cx) else {
+            // A client that stops sending mid-body would hold the upstream connection forever.
+            if this.idle_deadline.as_mut().poll(cx).is_ready() {
+                let _ = this.fault.set(BodyFault::Stalled);
+                return Poll::Ready(Some(Err(BodyFault::Stalled.into())));
+            }
+            return Poll::Pending;
+        };
+        let deadline = tokio::time::Instant::now() + this.idle_timeout;
+        this.idle_deadline.as_mut().reset(deadline);
+        match item {
             None => {
                 if let Some(sent) = this.sent.take() {
                     let _ = sent.send(());
@@ -357,14 +371,25 @@ impl Stream for OutgoingBody {
             Some(Ok(bytes)) => {
                 this.seen += bytes.len() as u64;
                 if this.seen > this.limit {
-                    this.exceeded.store(true, Ordering::Relaxed);
-                    return Poll::Ready(Some(Err(BodyTooLarge.into())));
+                    let _ = this.fault.set(BodyFault::TooLarge);
+                    return Poll::Ready(Some(Err(BodyFault::TooLarge.into())));
                 }
                 Poll::Ready(Some(Ok(bytes)))
             }
         }
     }
 }
+
+impl std::fmt::Display for BodyFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::TooLarge => "request body over the limit",
+            Self::Stalled => "request body stalled",
+        })
+    }
+}
+
+impl std::error::Error for BodyFault {}
 
 /// The upstream's body on its way back. An upstream that falls silent mid-body for longer than
 /// the timeout ends the response, rather than holding two connections open forever.

@@ -376,6 +376,25 @@ async fn an_upload_slower_than_the_timeout_is_not_a_timeout() {
 }
 
 #[tokio::test]
+async fn a_client_that_stops_sending_its_body_gets_a_408() {
+    let (app, recorder, token) = app_with(|config| {
+        config.client_body_timeout = Duration::from_millis(300);
+    })
+    .await;
+    // Promises 100 bytes, sends 10, then waits: the gateway must not wait forever.
+    let request = format!(
+        "POST /rec/upload HTTP/1.1\r\nHost: gw\r\nCookie: token={token}\r\nContent-Length: 100\r\n\r\n0123456789"
+    );
+    let reply = raw(app.addr, request.as_bytes()).await;
+    assert_eq!(status_of(&reply), 408, "{reply}");
+    assert_eq!(
+        support::body_of(&reply),
+        r#"{"message":"Request body timed out"}"#
+    );
+    assert!(recorder.requests().iter().all(|seen| seen.body_len < 100));
+}
+
+#[tokio::test]
 async fn an_upstream_silent_mid_body_ends_the_response() {
     let (app, _, token) =
         app_with(|config| config.upstream_timeout = Duration::from_millis(300)).await;
