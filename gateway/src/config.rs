@@ -10,7 +10,7 @@ use crate::network::IpNetwork;
 use crate::routes::{DEFAULT_ROUTES, Route, parse_routes};
 use crate::throttle::ThrottleLimits;
 
-pub const MIN_SECRET_BYTES: usize = 32;
+const MIN_SECRET_BYTES: usize = 32;
 /// A year: longer sessions are a mistake, and the bound keeps `iat + ttl` far from overflow.
 const MAX_TTL_SECS: u64 = 365 * 24 * 3600;
 /// Clock skew beyond a few minutes is a broken clock, not skew.

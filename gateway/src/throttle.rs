@@ -146,7 +146,8 @@ impl LoginThrottle {
         }
     }
 
-    pub fn tracked(&self) -> usize {
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
         self.windows().len()
     }
 }
