@@ -136,40 +136,34 @@ impl TokenKeys {
     }
 
     /// The claims of a token that this gateway issued and that is still within its lifetime.
+    ///
+    /// The token is parsed once per key tried: the current key first, the previous one only when
+    /// the current one does not verify it. A `kid`, when present, must name the key that did.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
-        if header.alg != Algorithm::HS256 {
-            return Err(TokenError::Invalid);
-        }
-        let claims = match header.kid.as_deref() {
-            Some(kid) => self.decode(token, self.key_with_id(kid)?)?,
-            None => match self.decode(token, &self.current) {
-                Err(TokenError::Invalid) => match &self.previous {
-                    Some(previous) => self.decode(token, previous)?,
-                    None => return Err(TokenError::Invalid),
-                },
-                verified => verified?,
+        let claims = match self.decode(token, &self.current) {
+            Err(TokenError::Invalid) => match &self.previous {
+                Some(previous) => self.decode(token, previous)?,
+                None => return Err(TokenError::Invalid),
             },
+            verified => verified?,
         };
         self.check_lifetime(&claims)?;
         Ok(claims)
     }
 
-    fn key_with_id(&self, kid: &str) -> Result<&SigningKey, TokenError> {
-        std::iter::once(&self.current)
-            .chain(self.previous.as_ref())
-            .find(|key| key.kid == kid)
-            .ok_or(TokenError::Invalid)
-    }
-
     fn decode(&self, token: &str, key: &SigningKey) -> Result<Claims, TokenError> {
         use jsonwebtoken::errors::ErrorKind;
-        jsonwebtoken::decode::<Claims>(token, &key.decoding, &self.validation)
-            .map(|data| data.claims)
-            .map_err(|error| match error.kind() {
+        let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &self.validation).map_err(
+            |error| match error.kind() {
                 ErrorKind::ExpiredSignature => TokenError::Expired,
                 _ => TokenError::Invalid,
-            })
+            },
+        )?;
+        // `validation` admits HS256 alone, so the header's `alg` has been checked already.
+        match data.header.kid {
+            Some(kid) if kid != key.kid => Err(TokenError::Invalid),
+            _ => Ok(data.claims),
+        }
     }
 
     /// jsonwebtoken checks `exp` and `nbf`; a token from the future, or one that claims a longer
@@ -289,6 +283,30 @@ mod tests {
             serde_json::json!({"sub": "user1", "iat": now(), "exp": now() + 60, "jti": "x"});
         let token = sign_raw(&Header::new(Algorithm::HS256), &claims, SECRET);
         assert_eq!(keys.verify(&token).unwrap().sub, "user1");
+    }
+
+    #[test]
+    fn a_kid_that_names_another_key_is_invalid() {
+        let keys = keys();
+        let claims =
+            serde_json::json!({"sub": "user1", "iat": now(), "exp": now() + 60, "jti": "x"});
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("not-our-key".to_owned());
+        let token = sign_raw(&header, &claims, SECRET);
+        assert_eq!(keys.verify(&token), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn an_expired_token_from_the_previous_key_is_expired() {
+        let old = keys();
+        let (old_token, _) = old.issue_at("user1", now() - 3600).unwrap();
+        let rotated = TokenKeys::new(
+            b"the-new-secret-after-rotation-long-enough",
+            Some(SECRET),
+            TokenPolicy::default(),
+        )
+        .unwrap();
+        assert_eq!(rotated.verify(&old_token), Err(TokenError::Expired));
     }
 
     #[test]

@@ -105,7 +105,7 @@ fn route_branch(route: &Route, gateway: &Gateway) -> BoxedFilter<(Response,)> {
     under_prefix(route.clone())
         .and(with_auth(Arc::clone(&gateway.auth)))
         .and(proxy_to(route.upstream.clone(), Arc::clone(&gateway.proxy)))
-        .then(|claims: Claims, forward: Forward| async move { forward.send(&claims.sub).await })
+        .then(|claims: Claims, forward: Forward| forward.send(claims.sub))
         .boxed()
 }
 
@@ -179,7 +179,7 @@ pub struct Forward {
 }
 
 impl Forward {
-    async fn send(self, user: &str) -> Response {
+    async fn send(self, user: String) -> Response {
         self.proxy.forward(&self.upstream, user, self.request).await
     }
 }

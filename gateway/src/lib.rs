@@ -55,9 +55,7 @@ impl Gateway {
             Some(contents) => Users::parse(contents)?,
             None => Users::demo()?,
         };
-        let proxy = Proxy::new(config).map_err(|error| {
-            ConfigError(format!("cannot build the upstream HTTP client: {error}"))
-        })?;
+        let proxy = Proxy::new(config);
         Ok(Self {
             auth: Arc::new(Auth {
                 keys,

@@ -6,18 +6,21 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
-
 use bytes::Bytes;
 use common::server::AuthenticatedUser;
 use common::{ApiError, SessionCookie, request_id};
 use futures_util::Stream;
+use hyper::body::{Body, Frame, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::oneshot;
 use warp::Reply;
-use warp::http::Method;
 use warp::http::header::{
     CONTENT_LENGTH, COOKIE, EXPECT, HOST, HeaderMap, HeaderName, HeaderValue, SET_COOKIE,
     TRANSFER_ENCODING,
 };
+use warp::http::{Method, Request};
 use warp::reply::Response;
 
 use crate::config::Config;
@@ -59,7 +62,7 @@ impl std::fmt::Debug for IncomingRequest {
 /// rules every forwarded request follows.
 #[derive(Debug)]
 pub struct Proxy {
-    client: reqwest::Client,
+    client: Client<HttpConnector, UpstreamBody>,
     max_body_bytes: u64,
     timeout: Duration,
     client_body_timeout: Duration,
@@ -68,24 +71,24 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(config: &Config) -> reqwest::Result<Self> {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            // A gateway talks to its own upstreams; HTTP_PROXY and friends are for other programs.
-            .no_proxy()
-            .connect_timeout(config.upstream_timeout)
+    /// A client that follows no redirects and ignores `HTTP_PROXY`: a gateway relays its own
+    /// upstreams' answers as they are.
+    pub fn new(config: &Config) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.upstream_timeout));
+        let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
-            .http1_only()
-            .build()?;
-        Ok(Self {
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Self {
             client,
             max_body_bytes: config.max_body_bytes,
             timeout: config.upstream_timeout,
             client_body_timeout: config.client_body_timeout,
             trusted_proxies: config.trusted_proxies.clone(),
             cookie: config.cookie.clone(),
-        })
+        }
     }
 
     /// Sends `request` to `upstream` on behalf of `user`, and its answer back. Every failure is a
@@ -93,25 +96,25 @@ impl Proxy {
     pub async fn forward(
         &self,
         upstream: &Upstream,
-        user: &str,
+        user: String,
         request: IncomingRequest,
     ) -> Response {
-        let mut response = match self.try_forward(upstream, user, request).await {
+        let mut response = match self.try_forward(upstream, &user, request).await {
             Ok(response) => response,
             Err(error) => error.into_response(),
         };
-        response
-            .extensions_mut()
-            .insert(AuthenticatedUser(user.to_owned()));
+        response.extensions_mut().insert(AuthenticatedUser(user));
         response
     }
 
     /// Whether the upstream answers `GET /healthz` with a success within two seconds.
     pub async fn is_healthy(&self, upstream: &Upstream) -> bool {
-        let probe = self
-            .client
-            .get(format!("{}/healthz", upstream.origin()))
-            .send();
+        let Some(uri) = upstream.uri_for("/healthz", None) else {
+            return false;
+        };
+        let mut request = Request::new(UpstreamBody::Empty);
+        *request.uri_mut() = uri;
+        let probe = self.client.request(request);
         matches!(
             tokio::time::timeout(Duration::from_secs(2), probe).await,
             Ok(Ok(response)) if response.status().is_success()
@@ -138,58 +141,68 @@ impl Proxy {
         }
         let has_body = declared_length.is_some() || headers.contains_key(TRANSFER_ENCODING);
         let id = headers.get(&request_id::HEADER).cloned();
-        let url = upstream
-            .url_for(&path, query.as_deref())
+        let uri = upstream
+            .uri_for(&path, query.as_deref())
             .ok_or(ApiError::BadRequest(
                 "Request path cannot be forwarded unchanged",
             ))?;
         self.prepare_request_headers(&mut headers, user, peer)?;
 
-        let mut outgoing = reqwest::Request::new(method, url);
-        *outgoing.headers_mut() = headers;
-        // The wait for the answer starts once the whole body has gone upstream: a large upload
-        // over a slow link is not a slow upstream.
-        let (body_sent, answer_due) = oneshot::channel();
-        let body_fault = Arc::new(OnceLock::new());
-        if has_body {
-            let outgoing_body = OutgoingBody {
+        let mut upload = None;
+        let body = if has_body {
+            let (body_sent, answer_due) = oneshot::channel();
+            let fault = Arc::new(OnceLock::new());
+            upload = Some((answer_due, Arc::clone(&fault)));
+            UpstreamBody::Streamed(OutgoingBody {
                 inner: body,
                 seen: 0,
                 limit: self.max_body_bytes,
-                fault: Arc::clone(&body_fault),
+                fault,
                 sent: Some(body_sent),
                 idle_timeout: self.client_body_timeout,
                 idle_deadline: Box::pin(tokio::time::sleep(self.client_body_timeout)),
-            };
-            *outgoing.body_mut() = Some(reqwest::Body::wrap_stream(outgoing_body));
+            })
         } else {
-            drop(body_sent);
-        }
-        let timeout = self.timeout;
-        let answer_deadline = async move {
-            let _ = answer_due.await;
-            tokio::time::sleep(timeout).await;
+            UpstreamBody::Empty
         };
+        let mut outgoing = Request::new(body);
+        *outgoing.method_mut() = method;
+        *outgoing.uri_mut() = uri;
+        *outgoing.headers_mut() = headers;
 
         let started = Instant::now();
-        let sent = tokio::select! {
-            sent = self.client.execute(outgoing) => sent,
-            () = answer_deadline => return Err(ApiError::GatewayTimeout),
+        let answer = self.client.request(outgoing);
+        let sent = match upload {
+            None => tokio::time::timeout(self.timeout, answer)
+                .await
+                .map_err(|_| ApiError::GatewayTimeout)?,
+            Some((answer_due, fault)) => {
+                // The wait for the answer starts once the whole body has gone upstream: a large
+                // upload over a slow link is not a slow upstream.
+                let timeout = self.timeout;
+                let answer_deadline = async move {
+                    let _ = answer_due.await;
+                    tokio::time::sleep(timeout).await;
+                };
+                let sent = tokio::select! {
+                    sent = answer => sent,
+                    () = answer_deadline => return Err(ApiError::GatewayTimeout),
+                };
+                match (&sent, fault.get()) {
+                    (Err(_), Some(BodyFault::TooLarge)) => return Err(ApiError::PayloadTooLarge),
+                    (Err(_), Some(BodyFault::Stalled)) => return Err(ApiError::RequestTimeout),
+                    _ => sent,
+                }
+            }
         };
         let upstream_response = match sent {
-            Err(_) if body_fault.get() == Some(&BodyFault::TooLarge) => {
-                return Err(ApiError::PayloadTooLarge);
-            }
-            Err(_) if body_fault.get() == Some(&BodyFault::Stalled) => {
-                return Err(ApiError::RequestTimeout);
-            }
-            Err(error) if error.is_timeout() => return Err(ApiError::GatewayTimeout),
+            Ok(response) => response,
+            Err(error) if is_connect_timeout(&error) => return Err(ApiError::GatewayTimeout),
             Err(error) => {
                 let id = id.as_ref().and_then(|id| id.to_str().ok()).unwrap_or("-");
-                log::warn!("{id} upstream {upstream:?} failed: {}", error.without_url());
+                log::warn!("{id} upstream {upstream:?} failed: {}", describe(&error));
                 return Err(ApiError::BadGateway);
             }
-            Ok(response) => response,
         };
         let mut response = self.relay_response(upstream_response);
         response
@@ -258,15 +271,16 @@ impl Proxy {
         Ok(())
     }
 
-    fn relay_response(&self, mut upstream: reqwest::Response) -> Response {
-        let status = upstream.status();
-        let mut headers = std::mem::take(upstream.headers_mut());
+    fn relay_response(&self, upstream: warp::http::Response<Incoming>) -> Response {
+        let (parts, body) = upstream.into_parts();
+        let status = parts.status;
+        let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
         self.drop_session_overwrites(&mut headers);
         let body = IdleTimeout {
-            inner: Box::pin(upstream.bytes_stream()),
+            inner: body,
             timeout: self.timeout,
-            deadline: Box::pin(tokio::time::sleep(self.timeout)),
+            deadline: None,
         };
         let mut response = warp::reply::stream(body).into_response();
         *response.status_mut() = status;
@@ -391,12 +405,72 @@ impl std::fmt::Display for BodyFault {
 
 impl std::error::Error for BodyFault {}
 
+/// What goes upstream as the request body: nothing, or the client's body as it arrives.
+#[derive(Default)]
+enum UpstreamBody {
+    #[default]
+    Empty,
+    Streamed(OutgoingBody),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Empty => Poll::Ready(None),
+            Self::Streamed(body) => Pin::new(body)
+                .poll_next(cx)
+                .map(|chunk| chunk.map(|chunk| chunk.map(Frame::data))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, Self::Empty)
+    }
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Empty => "UpstreamBody::Empty",
+            Self::Streamed(_) => "UpstreamBody::Streamed",
+        })
+    }
+}
+
+/// Whether the upstream could not be reached within the timeout: the gateway's wait, so a 504.
+fn is_connect_timeout(error: &hyper_util::client::legacy::Error) -> bool {
+    error.is_connect()
+        && std::iter::successors(std::error::Error::source(error), |inner| inner.source())
+            .filter_map(|inner| inner.downcast_ref::<std::io::Error>())
+            .any(|io| io.kind() == std::io::ErrorKind::TimedOut)
+}
+
+/// The innermost cause of a failed upstream exchange, for the log: "connection refused", say.
+/// Upstream URIs never carry credentials, and request data is not part of these errors.
+fn describe(error: &hyper_util::client::legacy::Error) -> String {
+    let innermost =
+        std::iter::successors(Some(error as &(dyn std::error::Error + 'static)), |inner| {
+            inner.source()
+        })
+        .last()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    format!("{error}: {innermost}")
+}
+
 /// The upstream's body on its way back. An upstream that falls silent mid-body for longer than
 /// the timeout ends the response, rather than holding two connections open forever.
 struct IdleTimeout {
-    inner: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send + Sync>>,
+    inner: Incoming,
     timeout: Duration,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Armed the first time the upstream keeps us waiting; a body that is already there needs none.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 #[derive(Debug)]
@@ -415,17 +489,35 @@ impl Stream for IdleTimeout {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        match this.inner.as_mut().poll_next(cx) {
-            Poll::Ready(item) => {
-                this.deadline
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + this.timeout);
-                Poll::Ready(item.map(|chunk| chunk.map_err(BoxError::from)))
+        loop {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(frame) => {
+                    if let Some(deadline) = &mut this.deadline {
+                        deadline
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + this.timeout);
+                    }
+                    match frame {
+                        None => return Poll::Ready(None),
+                        Some(Err(error)) => return Poll::Ready(Some(Err(error.into()))),
+                        Some(Ok(frame)) => match frame.into_data() {
+                            Ok(data) => return Poll::Ready(Some(Ok(data))),
+                            // Trailers: warp's streamed replies have no way to send them on.
+                            Err(_trailers) => continue,
+                        },
+                    }
+                }
+                Poll::Pending => {
+                    let timeout = this.timeout;
+                    let deadline = this
+                        .deadline
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                    return match deadline.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Some(Err(UpstreamStalled.into()))),
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
             }
-            Poll::Pending => match this.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(UpstreamStalled.into()))),
-                Poll::Pending => Poll::Pending,
-            },
         }
     }
 }

@@ -1,8 +1,10 @@
 //! The route table: which path prefix goes to which upstream, and which paths are acceptable at all.
 
 use std::fmt;
+use std::sync::Arc;
 
 use common::env::ConfigError;
+use warp::http::uri::{Authority, PathAndQuery, Scheme, Uri};
 
 /// Paths the gateway answers itself; no route may shadow them, and metrics label them as such.
 pub const RESERVED: [&str; 5] = ["/login", "/logout", "/healthz", "/readyz", "/metrics"];
@@ -13,32 +15,37 @@ pub const DEFAULT_ROUTES: &str =
 /// An upstream's origin, `http://host:port`, to which the request's own path is appended as is.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Upstream {
-    /// Parsed once: parsing a URL per request (its host through IDNA) showed in profiles.
-    base: std::sync::Arc<reqwest::Url>,
-    origin: std::sync::Arc<str>,
+    authority: Authority,
+    origin: Arc<str>,
 }
 
 impl Upstream {
     pub fn parse(raw: &str) -> Result<Self, ConfigError> {
         let error = |why: &str| ConfigError(format!("ROUTES: upstream {raw:?} {why}"));
-        let url = reqwest::Url::parse(raw).map_err(|_| error("is not a URL"))?;
-        if url.scheme() != "http" {
+        let uri: Uri = raw.parse().map_err(|_| error("is not a URL"))?;
+        let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+            return Err(error("is not a URL"));
+        };
+        if scheme != "http" {
             return Err(error(
                 "must be an http:// URL (TLS to upstreams is not built in)",
             ));
         }
-        if url.host_str().is_none() || url.path() != "/" || url.query().is_some() {
+        if authority.as_str().contains('@') {
+            return Err(error("must not carry credentials"));
+        }
+        let path_and_query = uri.path_and_query().map(PathAndQuery::as_str);
+        if authority.host().is_empty() || !matches!(path_and_query, None | Some("/")) {
             return Err(error(
                 "must be just scheme, host and port, like http://service-one:5001",
             ));
         }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(error("must not carry credentials"));
+        if authority.port_u16().is_none() && authority.as_str() != authority.host() {
+            return Err(error("has a port out of range"));
         }
-        let origin = url.as_str().trim_end_matches('/').into();
         Ok(Self {
-            base: std::sync::Arc::new(url),
-            origin,
+            origin: format!("http://{authority}").into(),
+            authority: authority.clone(),
         })
     }
 
@@ -46,14 +53,21 @@ impl Upstream {
         &self.origin
     }
 
-    /// The upstream URL for exactly `path`, the path that was authorised. The URL type resolves
-    /// dot segments and re-encodes some characters; [`check_path`] admits no path that needs it,
-    /// and should the URL type still change the path, there is no URL rather than another one.
-    pub fn url_for(&self, path: &str, query: Option<&str>) -> Option<reqwest::Url> {
-        let mut url = reqwest::Url::clone(&self.base);
-        url.set_path(path);
-        url.set_query(query);
-        (url.path() == path).then_some(url)
+    /// The upstream URI for exactly `path` and `query`, byte for byte: unlike a WHATWG URL, a URI
+    /// resolves no dot segments and re-encodes nothing, so what [`check_path`] accepted and the
+    /// route authorised is what the upstream gets. None if they are not valid in a URI.
+    pub fn uri_for(&self, path: &str, query: Option<&str>) -> Option<Uri> {
+        let path_and_query = match query {
+            Some(query) => PathAndQuery::try_from(format!("{path}?{query}")),
+            None => PathAndQuery::try_from(path),
+        }
+        .ok()?;
+        Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .ok()
     }
 }
 
@@ -228,6 +242,10 @@ mod tests {
             ("/a=ftp://x", "http://"),
             ("/a=https://x", "http://"),
             ("/a=http://x:1/base", "just scheme"),
+            ("/a=http://x:1?q", "just scheme"),
+            ("/a=http://u:p@x:1", "credentials"),
+            ("/a=http://x:70000", "port"),
+            ("/a=x:1", "not a URL"),
             ("/a=not a url", "not a URL"),
             ("/a=http://x:1,/a=http://y:2", "twice"),
         ] {
@@ -238,12 +256,15 @@ mod tests {
     }
 
     #[test]
-    fn upstream_urls_keep_the_path_and_query_exactly() {
+    fn upstream_uris_keep_the_path_and_query_exactly() {
         let upstream = Upstream::parse("http://svc:8080").unwrap();
-        let url = upstream.url_for("/a/b%20c", Some("x=1&y=%2F")).unwrap();
-        assert_eq!(url.as_str(), "http://svc:8080/a/b%20c?x=1&y=%2F");
-        assert_eq!(upstream.url_for("/a/../b", None), None);
-        assert_eq!(upstream.url_for("/a b", None), None);
+        let uri = upstream.uri_for("/a/b%20c", Some("x=1&y=%2F")).unwrap();
+        assert_eq!(uri.to_string(), "http://svc:8080/a/b%20c?x=1&y=%2F");
+        // Nothing is resolved on the way: refusing dot segments is check_path's job.
+        let uri = upstream.uri_for("/a/../b/./c", None).unwrap();
+        assert_eq!(uri.path(), "/a/../b/./c");
+        assert_eq!(upstream.uri_for("/a b", None), None);
+        assert_eq!(upstream.uri_for("/a", Some("b c")), None);
     }
 
     #[test]
