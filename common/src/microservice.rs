@@ -65,10 +65,7 @@ impl Microservice {
             return server::health_check(listen.addr.port());
         }
         server::init_logging();
-        let runtime = match tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-        {
+        let runtime = match server::runtime() {
             Ok(runtime) => runtime,
             Err(error) => {
                 eprintln!("{}: cannot start the async runtime: {error}", self.name);

@@ -31,6 +31,21 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// The async runtime for a binary: tokio's work-stealing scheduler with one worker per core, or
+/// `TOKIO_WORKER_THREADS` of them. Asked for exactly one, it is tokio's single-threaded scheduler
+/// instead, which does the same work without the cross-thread queues and wake-ups that a lone
+/// worker never needs. Blocking work (password hashing) has its own threads either way.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let one_worker =
+        std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|workers| workers.trim() == "1");
+    let mut builder = if one_worker {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    builder.enable_all().build()
+}
+
 /// Where a binary listens and how long it lets requests in flight finish on shutdown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Listen {

@@ -31,10 +31,7 @@ fn run() -> ExitCode {
              and replicas will not accept each other's tokens"
         );
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match common::server::runtime() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("gateway: cannot start the async runtime: {error}");

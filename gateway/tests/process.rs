@@ -79,6 +79,43 @@ async fn sigterm_lets_the_request_in_flight_finish_and_exits_zero() {
 }
 
 #[tokio::test]
+async fn one_worker_thread_runs_everything_on_one_thread_without_stalling() {
+    let (upstream, recorder) = spawn_recorder().await;
+    let routes = format!("/rec=http://{upstream}");
+    let mut gateway = GatewayProcess::start(&[
+        ("SECRET_KEY", GOOD_SECRET),
+        ("ROUTES", &routes),
+        ("TOKIO_WORKER_THREADS", "1"),
+    ])
+    .await;
+    assert_eq!(
+        gateway.threads(),
+        1,
+        "one thread serves, until a blocking task needs another"
+    );
+
+    let client = support::browser_like_client();
+    let login = gateway.login(&client, "user1", "password1").await;
+    assert_eq!(login.status(), 200);
+    let slow = tokio::spawn(client.get(gateway.url("/rec/sleep/1500")).send());
+    recorder.received(1).await;
+    // The slow exchange in flight holds no thread: a password check and another request finish
+    // while it waits.
+    assert_eq!(
+        gateway.login(&client, "user2", "password2").await.status(),
+        200
+    );
+    let quick = client.get(gateway.url("/rec/quick")).send().await.unwrap();
+    assert_eq!(quick.status(), 200);
+    assert!(!slow.is_finished());
+    assert_eq!(slow.await.unwrap().unwrap().status(), 200);
+
+    gateway.signal("-TERM");
+    let status = gateway.child.wait().await.unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
 async fn sigint_stops_an_idle_gateway_cleanly() {
     let mut gateway = GatewayProcess::start(&[("SECRET_KEY", GOOD_SECRET)]).await;
     gateway.signal("-INT");

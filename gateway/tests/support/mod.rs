@@ -417,15 +417,21 @@ impl GatewayProcess {
 
     /// Peak resident memory so far, in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
-        self.memory_kib("VmHWM:")
+        self.status_field("VmHWM:")
     }
 
     /// Resident memory now, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        self.memory_kib("VmRSS:")
+        self.status_field("VmRSS:")
     }
 
-    fn memory_kib(&self, field: &str) -> u64 {
+    /// The threads it runs now.
+    pub fn threads(&self) -> u64 {
+        self.status_field("Threads:")
+    }
+
+    /// A number from `/proc/PID/status`, without its unit.
+    fn status_field(&self, field: &str) -> u64 {
         let pid = self.child.id().expect("still running");
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         status
