@@ -37,7 +37,7 @@ fn generate() -> HeaderValue {
         bytes.iter().map(|byte| format!("{byte:02x}")).collect()
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::from_str(&format!("{prefix}-{n}"))
+    HeaderValue::try_from(format!("{prefix}-{n}"))
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 

@@ -4,9 +4,11 @@ use std::sync::Arc;
 
 use common::{ApiError, AuthFailure, Claims, SessionCookie, TokenError, TokenKeys};
 use warp::http::Method;
-use warp::http::header::{HOST, HeaderMap, ORIGIN};
+use warp::http::header::{HOST, HeaderMap, HeaderName, ORIGIN};
 
 use crate::revocation::RevocationStore;
+
+const SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
 
 #[derive(Debug)]
 pub struct Auth {
@@ -54,7 +56,7 @@ impl Auth {
             return Ok(());
         }
         if headers
-            .get("sec-fetch-site")
+            .get(SEC_FETCH_SITE)
             .is_some_and(|site| site == "cross-site")
         {
             return Err(ApiError::CrossSiteRequest);

@@ -1,5 +1,6 @@
 //! Forwarding one authenticated request upstream and its answer back, streamed both ways.
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -226,7 +227,9 @@ impl Proxy {
         // The client talks to the gateway; what it expects of the upstream's framing is ours to handle.
         headers.remove(EXPECT);
         let host = headers.remove(HOST);
-        remove_spellings_of(headers, common::AUTHENTICATED_USER_HEADER);
+        remove_spellings_of(headers, &AUTHENTICATED_USER);
+        // Room for the identity and forwarding headers below, so the map grows at most once.
+        headers.reserve(4);
         let identity = HeaderValue::from_str(user)
             .map_err(|_| ApiError::BadRequest("User name cannot be sent upstream"))?;
         headers.insert(AUTHENTICATED_USER, identity);
@@ -251,14 +254,17 @@ impl Proxy {
         }
         if let Some(peer) = peer {
             // A trusted proxy's chain is extended; anyone else's was dropped above.
-            let mut chain: Vec<String> = headers
+            let mut chain = String::new();
+            for earlier in headers
                 .get_all(&X_FORWARDED_FOR)
                 .iter()
                 .filter_map(|value| value.to_str().ok())
-                .map(str::to_owned)
-                .collect();
-            chain.push(peer.ip().to_string());
-            if let Ok(value) = HeaderValue::from_str(&chain.join(", ")) {
+            {
+                chain.push_str(earlier);
+                chain.push_str(", ");
+            }
+            let _ = write!(chain, "{}", peer.ip());
+            if let Ok(value) = HeaderValue::try_from(chain) {
                 headers.insert(X_FORWARDED_FOR, value);
             }
         }
@@ -312,11 +318,20 @@ impl Proxy {
 
 /// Removes `name` and every header that CGI-style upstreams would read as the same variable:
 /// `X_Authenticated_User` becomes `HTTP_X_AUTHENTICATED_USER` just as `X-Authenticated-User` does.
-fn remove_spellings_of(headers: &mut HeaderMap, name: &str) {
+fn remove_spellings_of(headers: &mut HeaderMap, name: &HeaderName) {
     headers.remove(name);
+    let same_with_underscores = |key: &HeaderName| {
+        let (key, name) = (key.as_str().as_bytes(), name.as_str().as_bytes());
+        key.len() == name.len()
+            && key.contains(&b'_')
+            && key
+                .iter()
+                .zip(name)
+                .all(|(k, n)| k == n || (*k == b'_' && *n == b'-'))
+    };
     let lookalikes: Vec<HeaderName> = headers
         .keys()
-        .filter(|key| key.as_str().contains('_') && key.as_str().replace('_', "-") == name)
+        .filter(|key| same_with_underscores(key))
         .cloned()
         .collect();
     for lookalike in lookalikes {

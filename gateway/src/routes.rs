@@ -169,10 +169,10 @@ pub fn check_path(path: &str) -> Result<(), &'static str> {
     if lowercase_has("%2f") || lowercase_has("%5c") || lowercase_has("%00") {
         return Err("Request path must not contain encoded separators");
     }
-    let segments: Vec<&str> = rest.split('/').collect();
-    let last = segments.len() - 1;
-    for (index, segment) in segments.iter().enumerate() {
-        if segment.is_empty() && index != last {
+    let mut segments = rest.split('/').peekable();
+    while let Some(segment) = segments.next() {
+        let is_last = segments.peek().is_none();
+        if segment.is_empty() && !is_last {
             return Err("Request path must not contain empty segments");
         }
         if is_dot_segment(segment) {
