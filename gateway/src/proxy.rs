@@ -12,8 +12,8 @@ use common::server::AuthenticatedUser;
 use common::{ApiError, SessionCookie, request_id};
 use futures_util::Stream;
 use hyper::body::{Body, Frame, Incoming};
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, Error as ClientError, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::oneshot;
 use warp::Reply;
@@ -153,7 +153,10 @@ impl Proxy {
         let body = if has_body {
             let (body_sent, answer_due) = oneshot::channel();
             let fault = Arc::new(OnceLock::new());
-            upload = Some((answer_due, Arc::clone(&fault)));
+            upload = Some(Upload {
+                answer_due,
+                fault: Arc::clone(&fault),
+            });
             UpstreamBody::Streamed(OutgoingBody {
                 inner: body,
                 seen: 0,
@@ -177,24 +180,9 @@ impl Proxy {
             None => tokio::time::timeout(self.timeout, answer)
                 .await
                 .map_err(|_| ApiError::GatewayTimeout)?,
-            Some((answer_due, fault)) => {
-                // The wait for the answer starts once the whole body has gone upstream: a large
-                // upload over a slow link is not a slow upstream.
-                let timeout = self.timeout;
-                let answer_deadline = async move {
-                    let _ = answer_due.await;
-                    tokio::time::sleep(timeout).await;
-                };
-                let sent = tokio::select! {
-                    sent = answer => sent,
-                    () = answer_deadline => return Err(ApiError::GatewayTimeout),
-                };
-                match (&sent, fault.get()) {
-                    (Err(_), Some(BodyFault::TooLarge)) => return Err(ApiError::PayloadTooLarge),
-                    (Err(_), Some(BodyFault::Stalled)) => return Err(ApiError::RequestTimeout),
-                    _ => sent,
-                }
-            }
+            // Rare next to GETs, and its wait is a larger future: boxed, so that it does not
+            // weigh on every request's state.
+            Some(upload) => Box::pin(self.answer_after_upload(answer, upload)).await?,
         };
         let upstream_response = match sent {
             Ok(response) => response,
@@ -210,6 +198,30 @@ impl Proxy {
             .extensions_mut()
             .insert(UpstreamLatency(started.elapsed()));
         Ok(response)
+    }
+
+    /// The upstream's answer to a request with a body. The wait for it starts once the whole body
+    /// has gone upstream: a large upload over a slow link is not a slow upstream.
+    async fn answer_after_upload(
+        &self,
+        answer: ResponseFuture,
+        upload: Upload,
+    ) -> Result<Result<warp::http::Response<Incoming>, ClientError>, ApiError> {
+        let Upload { answer_due, fault } = upload;
+        let timeout = self.timeout;
+        let answer_deadline = async move {
+            let _ = answer_due.await;
+            tokio::time::sleep(timeout).await;
+        };
+        let sent = tokio::select! {
+            sent = answer => sent,
+            () = answer_deadline => return Err(ApiError::GatewayTimeout),
+        };
+        match (&sent, fault.get()) {
+            (Err(_), Some(BodyFault::TooLarge)) => Err(ApiError::PayloadTooLarge),
+            (Err(_), Some(BodyFault::Stalled)) => Err(ApiError::RequestTimeout),
+            _ => Ok(sent),
+        }
     }
 
     fn prepare_request_headers(
@@ -367,6 +379,13 @@ struct OutgoingBody {
     idle_deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
+/// What the wait for an answer needs to know of a body on its way upstream.
+struct Upload {
+    /// Completes when the body has all gone, or was dropped.
+    answer_due: oneshot::Receiver<()>,
+    fault: Arc<OnceLock<BodyFault>>,
+}
+
 /// Why the client's body stopped on its way upstream, when the client is to blame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BodyFault {
@@ -459,7 +478,7 @@ impl std::fmt::Debug for UpstreamBody {
 }
 
 /// Whether the upstream could not be reached within the timeout: the gateway's wait, so a 504.
-fn is_connect_timeout(error: &hyper_util::client::legacy::Error) -> bool {
+fn is_connect_timeout(error: &ClientError) -> bool {
     error.is_connect()
         && std::iter::successors(std::error::Error::source(error), |inner| inner.source())
             .filter_map(|inner| inner.downcast_ref::<std::io::Error>())
@@ -468,7 +487,7 @@ fn is_connect_timeout(error: &hyper_util::client::legacy::Error) -> bool {
 
 /// The innermost cause of a failed upstream exchange, for the log: "connection refused", say.
 /// Upstream URIs never carry credentials, and request data is not part of these errors.
-fn describe(error: &hyper_util::client::legacy::Error) -> String {
+fn describe(error: &ClientError) -> String {
     let innermost =
         std::iter::successors(Some(error as &(dyn std::error::Error + 'static)), |inner| {
             inner.source()
