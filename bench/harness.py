@@ -179,17 +179,23 @@ def status_kb(pid: int, key: str) -> int:
     return 0
 
 
-def cpu_ticks(root: int) -> int:
-    """utime + stime of every process in the tree, all threads, in clock ticks."""
-    total = 0
+def cpu_split_ticks(root: int) -> tuple[int, int]:
+    """(utime, stime) of every process in the tree, all threads, in clock ticks."""
+    user = system = 0
     for pid in process_tree(root):
         try:
             with open(f"/proc/{pid}/stat") as stat:
                 fields = stat.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            user += int(fields[11])
+            system += int(fields[12])
         except (OSError, IndexError, ValueError):
             continue
-    return total
+    return user, system
+
+
+def cpu_ticks(root: int) -> int:
+    """utime + stime of every process in the tree, all threads, in clock ticks."""
+    return sum(cpu_split_ticks(root))
 
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -481,7 +487,7 @@ def measure(ctx: Context, target: Target, upstream: Running) -> dict:
         cookie = f"token={mint(ctx.secret)}"
         wrk(args, port, args.warmup, cookie)
         sampler = RssSampler(running.proc.pid)
-        ticks_before = cpu_ticks(running.proc.pid)
+        split_before = cpu_split_ticks(running.proc.pid)
         upstream_before = cpu_ticks(upstream.proc.pid)
         busy_before = machine_busy_ticks()
         started = time.monotonic()
@@ -490,7 +496,10 @@ def measure(ctx: Context, target: Target, upstream: Running) -> dict:
         peak_kb = sampler.finish()
         wall = time.monotonic() - started
         busy = (machine_busy_ticks() - busy_before) / TICK
-        cpu = (cpu_ticks(running.proc.pid) - ticks_before) / TICK
+        split_after = cpu_split_ticks(running.proc.pid)
+        user_cpu = (split_after[0] - split_before[0]) / TICK
+        system_cpu = (split_after[1] - split_before[1]) / TICK
+        cpu = user_cpu + system_cpu
         upstream_cpu = (cpu_ticks(upstream.proc.pid) - upstream_before) / TICK
         hwm_kb = sum(status_kb(pid, "VmHWM") for pid in process_tree(running.proc.pid))
         if not running.alive():
@@ -507,6 +516,8 @@ def measure(ctx: Context, target: Target, upstream: Running) -> dict:
         "cpu_s": cpu,
         "cpu_pct": 100 * cpu / wall,
         "cpu_us_per_req": 1e6 * cpu / requests,
+        "user_us_per_req": 1e6 * user_cpu / requests,
+        "system_us_per_req": 1e6 * system_cpu / requests,
         "upstream_cpu_pct": 100 * upstream_cpu / wall if target.kind != "floor" else None,
         "wrk_cpu_pct": 100 * wrk_cpu / wall,
         # What the rest of the machine (other users of a shared box, the harness, interrupts)
@@ -597,7 +608,8 @@ def median(values):
 
 
 def aggregate(rounds: list[dict]) -> dict:
-    keys = ("rps", "p50_ms", "p75_ms", "p90_ms", "p99_ms", "cpu_us_per_req", "cpu_pct",
+    keys = ("rps", "p50_ms", "p75_ms", "p90_ms", "p99_ms", "cpu_us_per_req", "user_us_per_req",
+            "system_us_per_req", "cpu_pct",
             "upstream_cpu_pct", "wrk_cpu_pct", "foreign_cpu_pct")
     summary = {key: median([r[key] for r in rounds]) for key in keys}
     summary.update({
@@ -814,7 +826,8 @@ def markdown(ctx: Context, order: list[Target], info: dict, criterion: list[dict
         "- Peak RSS: the sum of VmRSS over the target's processes, sampled every 20 ms during "
         "the measured run (nginx: master + worker; Flask: reloader + server).",
         "- CPU µs/req: the target's own user+system CPU over the measured run divided by its "
-        "requests; it does not depend on which side of the machine saturated first.",
+        "requests; it does not depend on which side of the machine saturated first. In "
+        "brackets, its user + system (kernel) parts, from /proc/PID/stat.",
         "- Foreign CPU %: what everything else on the machine used during the run (busy time "
         "of both CPUs from /proc/stat, less the target, the upstream and wrk), out of 200 %: "
         f"a check on how noisy the run was. Before each measurement the harness waited (up to "
@@ -835,7 +848,8 @@ def markdown(ctx: Context, order: list[Target], info: dict, criterion: list[dict
         lines.append(
             f"| {target.label} (`{target.name}`) | {s['rps']:,.0f}{spread} | {ms(s['p50_ms'])} | "
             f"{ms(s['p99_ms'])} | {s['non2xx']} | {s['socket_errors']} | "
-            f"{mb(s['peak_rss_kb'])} | {s['cpu_us_per_req']:.1f} | {s['cpu_pct']:.0f} | {up} | "
+            f"{mb(s['peak_rss_kb'])} | {s['cpu_us_per_req']:.1f} "
+            f"({s['user_us_per_req']:.1f} + {s['system_us_per_req']:.1f}) | {s['cpu_pct']:.0f} | {up} | "
             f"{s['foreign_cpu_pct']:.0f} |"
         )
     lines += ["", f"![requests/s, p99 and peak RSS per target]({chart_rel})", ""]

@@ -80,7 +80,7 @@ BUCKETS = [
      r"serde::de|compress256"),
     ("HTTP/1 parsing and encoding (hyper, httparse, http)", r"hyper::|httparse|http::header|"
      r"http::uri|h1::|HeaderMap|HeaderName|HeaderValue"),
-    ("HTTP client (reqwest, hyper-util pool)", r"reqwest|hyper_util::client|pool"),
+    ("HTTP client (hyper-util pool)", r"hyper_util::client|pool"),
     ("warp filters, routing, the gateway's own code", r"warp::|gateway::|common::|cookie"),
     ("tokio runtime (scheduler, I/O driver, timers)", r"tokio::|mio::|parking_lot|std::sync"),
     ("logging, time formatting", r"log::|env_logger|time::|fmt::"),
@@ -157,7 +157,7 @@ def shorten_symbol(symbol: str) -> str:
 
 COMPONENTS = [
     ("JWT verification (jsonwebtoken: base64, serde_json)", r"jsonwebtoken|common::token"),
-    ("upstream URL built and parsed (upstream_url, url)", r"^url::|upstream_url"),
+    ("upstream URI built (Upstream::uri_for)", r"uri_for|http::uri::"),
     ("path check (routes::check_path)", r"check_path"),
     ("request id (common::request_id)", r"request_id"),
     ("outgoing request headers (prepare_request_headers, cookie strip)",
@@ -166,8 +166,8 @@ COMPONENTS = [
     ("http::Extensions inserts (peer, user, latency, ...)", r"http::extensions::Extensions"),
     ("warp boxed filters (BoxingFilter::filter)", r"BoxingFilter"),
     ("HeaderMap clones", r"HeaderMap::clone|headers_cloned"),
-    ("reqwest client (request, tower layers, pool)", r"reqwest::|tower_http::|tower::"),
-    ("hyper client (upstream connection)", r"hyper::client|role::Client|hyper_util::client"),
+    ("hyper-util client (upstream request, pool, connection)",
+     r"hyper::client|role::Client|hyper_util::client"),
     ("hyper server (parse, dispatch, encode)", r"hyper::|hyper_util::|http::"),
     ("warp filters (other)", r"warp::"),
     ("the gateway's own code (other)", r"gateway::|common::"),
