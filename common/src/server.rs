@@ -13,11 +13,12 @@ use hyper_util::server::graceful::GracefulShutdown;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::net::TcpListener;
-use warp::http::{Method, Request};
+use warp::http::{Method, Request, Uri};
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use crate::env::{ConfigError, Env};
+use crate::rejection::ApiError;
 use crate::request_id;
 
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -217,9 +218,18 @@ where
         let in_flight = InFlight(Arc::clone(&observer));
         let mut service = service.clone();
         let observer = Arc::clone(&observer);
-        let response = tower_service::Service::call(&mut service, request);
+        let routed = match refusal_of_target(request.method(), request.uri()) {
+            None => Ok(tower_service::Service::call(&mut service, request)),
+            Some(refusal) => Err(refusal),
+        };
         async move {
-            let Ok(mut response) = response.await;
+            let mut response = match routed {
+                Ok(routed) => {
+                    let Ok(response) = routed.await;
+                    response
+                }
+                Err(refusal) => refusal.into_response(),
+            };
             let elapsed = started.elapsed();
             response
                 .headers_mut()
@@ -254,6 +264,23 @@ where
         }
     };
     hyper::service::service_fn(handle)
+}
+
+/// Why a request whose target is not a path (`CONNECT host:port`, or an absolute URI without
+/// one) is answered before any filter runs: every route is a path, and warp's path filters
+/// panic on a target without one.
+fn refusal_of_target(method: &Method, uri: &Uri) -> Option<ApiError> {
+    if uri
+        .path_and_query()
+        .is_some_and(|target| target.as_str().starts_with('/'))
+    {
+        return None;
+    }
+    Some(if method == Method::CONNECT {
+        ApiError::MethodNotAllowed
+    } else {
+        ApiError::BadRequest("Request target must be a path")
+    })
 }
 
 /// A future that completes on SIGTERM or SIGINT. The handlers are installed now, before the

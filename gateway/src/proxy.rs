@@ -14,14 +14,15 @@ use futures_util::Stream;
 use hyper::body::{Body, Frame, Incoming};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, Error as ClientError, ResponseFuture};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use warp::Reply;
 use warp::http::header::{
     CONTENT_LENGTH, COOKIE, EXPECT, HOST, HeaderMap, HeaderName, HeaderValue, SET_COOKIE,
     TRANSFER_ENCODING,
 };
-use warp::http::{Method, Request};
+use warp::http::{Method, Request, Uri};
 use warp::reply::Response;
 
 use crate::config::Config;
@@ -63,7 +64,7 @@ impl std::fmt::Debug for IncomingRequest {
 /// rules every forwarded request follows.
 #[derive(Debug)]
 pub struct Proxy {
-    client: Client<HttpConnector, UpstreamBody>,
+    client: Client<TimedConnector, UpstreamBody>,
     max_body_bytes: u64,
     timeout: Duration,
     client_body_timeout: Duration,
@@ -77,7 +78,15 @@ impl Proxy {
     pub fn new(config: &Config) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.upstream_timeout));
+        // An upstream that vanishes without a FIN or RST is noticed on a pooled connection too.
+        connector.set_keepalive(Some(Duration::from_secs(15)));
+        connector.set_keepalive_interval(Some(Duration::from_secs(15)));
+        connector.set_keepalive_retries(Some(3));
+        connector.set_tcp_user_timeout(Some(Duration::from_secs(30)));
+        let connector = TimedConnector {
+            inner: connector,
+            timeout: config.upstream_timeout,
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_timer(TokioTimer::new())
@@ -128,6 +137,11 @@ impl Proxy {
         user: &str,
         request: IncomingRequest,
     ) -> Result<Response, ApiError> {
+        if request.method == Method::CONNECT {
+            // A tunnel is not a request to forward; the client would be asking for a raw
+            // connection to the upstream's host.
+            return Err(ApiError::MethodNotAllowed);
+        }
         let IncomingRequest {
             method,
             path,
@@ -473,6 +487,41 @@ impl std::fmt::Debug for UpstreamBody {
         f.write_str(match self {
             Self::Empty => "UpstreamBody::Empty",
             Self::Streamed(_) => "UpstreamBody::Streamed",
+        })
+    }
+}
+
+/// hyper-util's connector under one deadline for the whole connect, the name lookup included:
+/// its own connect timeout covers each TCP attempt but not the lookup.
+#[derive(Debug, Clone)]
+struct TimedConnector {
+    inner: HttpConnector,
+    timeout: Duration,
+}
+
+type Connecting = Pin<Box<dyn Future<Output = Result<TokioIo<TcpStream>, BoxError>> + Send>>;
+
+impl tower_service::Service<Uri> for TimedConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = BoxError;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(BoxError::from)
+    }
+
+    fn call(&mut self, upstream: Uri) -> Connecting {
+        let connecting = self.inner.call(upstream);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(connected) => connected.map_err(BoxError::from),
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connecting to the upstream timed out",
+                )
+                .into()),
+            }
         })
     }
 }

@@ -41,7 +41,7 @@ impl Upstream {
             ));
         }
         if authority.port_u16().is_none() && authority.as_str() != authority.host() {
-            return Err(error("has a port out of range"));
+            return Err(error("has an invalid port"));
         }
         Ok(Self {
             origin: format!("http://{authority}").into(),
@@ -54,9 +54,11 @@ impl Upstream {
     }
 
     /// The upstream URI for exactly `path` and `query`, byte for byte: unlike a WHATWG URL, a URI
-    /// resolves no dot segments and re-encodes nothing, so what [`check_path`] accepted and the
-    /// route authorised is what the upstream gets. None if they are not valid in a URI.
+    /// resolves no dot segments and re-encodes nothing, so the path the route authorised is the
+    /// path the upstream gets. None for a path that [`check_path`] refuses (checked here again, so
+    /// that no caller can skip it) or that is not valid in a URI.
     pub fn uri_for(&self, path: &str, query: Option<&str>) -> Option<Uri> {
+        check_path(path).ok()?;
         let path_and_query = match query {
             Some(query) => PathAndQuery::try_from(format!("{path}?{query}")),
             None => PathAndQuery::try_from(path),
@@ -245,6 +247,7 @@ mod tests {
             ("/a=http://x:1?q", "just scheme"),
             ("/a=http://u:p@x:1", "credentials"),
             ("/a=http://x:70000", "port"),
+            ("/a=http://x:", "port"),
             ("/a=x:1", "not a URL"),
             ("/a=not a url", "not a URL"),
             ("/a=http://x:1,/a=http://y:2", "twice"),
@@ -260,9 +263,8 @@ mod tests {
         let upstream = Upstream::parse("http://svc:8080").unwrap();
         let uri = upstream.uri_for("/a/b%20c", Some("x=1&y=%2F")).unwrap();
         assert_eq!(uri.to_string(), "http://svc:8080/a/b%20c?x=1&y=%2F");
-        // Nothing is resolved on the way: refusing dot segments is check_path's job.
-        let uri = upstream.uri_for("/a/../b/./c", None).unwrap();
-        assert_eq!(uri.path(), "/a/../b/./c");
+        assert_eq!(upstream.uri_for("/a/../b", None), None);
+        assert_eq!(upstream.uri_for("/a/%2e%2e/b", None), None);
         assert_eq!(upstream.uri_for("/a b", None), None);
         assert_eq!(upstream.uri_for("/a", Some("b c")), None);
     }

@@ -156,6 +156,42 @@ async fn request_headers_are_cleaned_and_the_identity_is_set() {
 }
 
 #[tokio::test]
+async fn the_upstream_gets_its_own_host_and_an_origin_form_target() {
+    let (upstream, recorder) = spawn_recorder().await;
+    let app = spawn_gateway(support::config(&format!("/rec=http://{upstream}"))).await;
+    let token = app.token().await;
+    let request = format!(
+        "GET /rec/h?q=1 HTTP/1.1\r\nHost: gateway.example\r\nCookie: token={token}\r\nConnection: close\r\n\r\n"
+    );
+    let reply = raw(app.addr, request.as_bytes()).await;
+    assert_eq!(status_of(&reply), 200, "{reply}");
+    let seen = recorder.last();
+    assert_eq!(seen.path_and_query, "/rec/h?q=1");
+    let hosts: Vec<_> = seen.headers.get_all("host").iter().collect();
+    assert_eq!(hosts, [upstream.to_string().as_str()]);
+}
+
+#[tokio::test]
+async fn connect_and_targets_without_a_path_are_refused_in_json() {
+    // An absolute URI without a path means `/`, where no route is.
+    let (app, recorder, token) = app().await;
+    for (method, target, status) in [
+        ("CONNECT", "/rec/x", 405),
+        ("CONNECT", "example.com:443", 405),
+        ("GET", "http://example.com", 404),
+        ("OPTIONS", "*", 400),
+    ] {
+        let reply = raw_authed(&app, method, target, &token).await;
+        assert_eq!(status_of(&reply), status, "{method} {target}: {reply}");
+        assert!(
+            support::body_of(&reply).starts_with(r#"{"message":"#),
+            "{reply}"
+        );
+    }
+    assert!(recorder.requests().is_empty());
+}
+
+#[tokio::test]
 async fn a_trusted_proxy_extends_the_forwarded_chain() {
     let (app, recorder, token) = app_with(|config| {
         config.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
@@ -355,6 +391,49 @@ async fn a_slow_upstream_is_a_504() {
         .unwrap();
     assert_eq!(response.status(), 504);
     assert_eq!(json(response).await, message("Upstream service timed out"));
+}
+
+/// A listener whose accept queue is full and never drained: the kernel drops further SYNs, so
+/// connecting to it hangs, as it does to a host that is down or firewalled.
+async fn unconnectable_upstream() -> (std::net::SocketAddr, Vec<tokio::net::TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    loop {
+        let attempt = tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::net::TcpStream::connect(addr),
+        );
+        match attempt.await {
+            Ok(connected) => queued.push(connected.unwrap()),
+            Err(_) => break,
+        }
+        assert!(queued.len() < 64, "the accept queue never filled");
+    }
+    // The listener must outlive the test's requests: leak it with the queued connections.
+    std::mem::forget(listener);
+    (addr, queued)
+}
+
+#[tokio::test]
+async fn an_upstream_that_cannot_be_connected_to_is_a_504_with_or_without_a_body() {
+    let (unreachable, _queued) = unconnectable_upstream().await;
+    let mut config = support::config(&format!("/hang=http://{unreachable}"));
+    config.upstream_timeout = Duration::from_millis(300);
+    let app = spawn_gateway(config).await;
+    let token = app.token().await;
+    let get = authed(&app, "GET", "/hang/x", &token).send().await.unwrap();
+    assert_eq!(get.status(), 504);
+    assert_eq!(json(get).await, message("Upstream service timed out"));
+    let post = authed(&app, "POST", "/hang/x", &token)
+        .body("some body")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 504);
+    assert_eq!(json(post).await, message("Upstream service timed out"));
 }
 
 #[tokio::test]
