@@ -163,25 +163,11 @@ impl Proxy {
             ))?;
         self.prepare_request_headers(&mut headers, user, peer)?;
 
-        let mut upload = None;
-        let body = if has_body {
-            let (body_sent, answer_due) = oneshot::channel();
-            let fault = Arc::new(OnceLock::new());
-            upload = Some(Upload {
-                answer_due,
-                fault: Arc::clone(&fault),
-            });
-            UpstreamBody::Streamed(OutgoingBody {
-                inner: body,
-                seen: 0,
-                limit: self.max_body_bytes,
-                fault,
-                sent: Some(body_sent),
-                idle_timeout: self.client_body_timeout,
-                idle_deadline: Box::pin(tokio::time::sleep(self.client_body_timeout)),
-            })
+        let (body, upload) = if has_body {
+            let (body, upload) = self.upload(body);
+            (body, Some(upload))
         } else {
-            UpstreamBody::Empty
+            (UpstreamBody::Empty, None)
         };
         let mut outgoing = Request::new(body);
         *outgoing.method_mut() = method;
@@ -194,8 +180,8 @@ impl Proxy {
             None => tokio::time::timeout(self.timeout, answer)
                 .await
                 .map_err(|_| ApiError::GatewayTimeout)?,
-            // Rare next to GETs, and its wait is a larger future: boxed, so that it does not
-            // weigh on every request's state.
+            // Boxed: the upload's wait is the larger future, and it should not size every
+            // request's state.
             Some(upload) => Box::pin(self.answer_after_upload(answer, upload)).await?,
         };
         let upstream_response = match sent {
@@ -212,6 +198,26 @@ impl Proxy {
             .extensions_mut()
             .insert(UpstreamLatency(started.elapsed()));
         Ok(response)
+    }
+
+    /// The client's body as it goes upstream: counted against the limit, watched for stalls, and
+    /// telling the wait for the answer when it has all gone.
+    fn upload(&self, body: BodyStream) -> (UpstreamBody, Upload) {
+        let (body_sent, answer_due) = oneshot::channel();
+        let fault = Arc::new(OnceLock::new());
+        let outgoing = OutgoingBody {
+            inner: body,
+            seen: 0,
+            limit: self.max_body_bytes,
+            fault: Arc::clone(&fault),
+            sent: Some(body_sent),
+            idle_timeout: self.client_body_timeout,
+            idle_deadline: Box::pin(tokio::time::sleep(self.client_body_timeout)),
+        };
+        (
+            UpstreamBody::Streamed(outgoing),
+            Upload { answer_due, fault },
+        )
     }
 
     /// The upstream's answer to a request with a body. The wait for it starts once the whole body
@@ -454,9 +460,7 @@ impl std::fmt::Display for BodyFault {
 impl std::error::Error for BodyFault {}
 
 /// What goes upstream as the request body: nothing, or the client's body as it arrives.
-#[derive(Default)]
 enum UpstreamBody {
-    #[default]
     Empty,
     Streamed(OutgoingBody),
 }
@@ -479,15 +483,6 @@ impl Body for UpstreamBody {
 
     fn is_end_stream(&self) -> bool {
         matches!(self, Self::Empty)
-    }
-}
-
-impl std::fmt::Debug for UpstreamBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Empty => "UpstreamBody::Empty",
-            Self::Streamed(_) => "UpstreamBody::Streamed",
-        })
     }
 }
 
