@@ -65,7 +65,14 @@ impl Microservice {
             return server::health_check(listen.addr.port());
         }
         server::init_logging();
-        let runtime = match server::runtime() {
+        let workers = match server::worker_threads(&env) {
+            Ok(workers) => workers,
+            Err(error) => {
+                eprintln!("{}: configuration error: {error}", self.name);
+                return ExitCode::from(2);
+            }
+        };
+        let runtime = match server::runtime(workers) {
             Ok(runtime) => runtime,
             Err(error) => {
                 eprintln!("{}: cannot start the async runtime: {error}", self.name);

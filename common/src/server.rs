@@ -32,19 +32,38 @@ pub fn init_logging() {
         .try_init();
 }
 
-/// The async runtime for a binary: tokio's work-stealing scheduler with one worker per core, or
-/// `TOKIO_WORKER_THREADS` of them. Asked for exactly one, it is tokio's single-threaded scheduler
-/// instead, which does the same work without the cross-thread queues and wake-ups that a lone
-/// worker never needs. Blocking work (password hashing) has its own threads either way.
-pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let one_worker =
-        std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|workers| workers.trim() == "1");
-    let mut builder = if one_worker {
+/// The most worker threads `TOKIO_WORKER_THREADS` may ask for.
+const MAX_WORKER_THREADS: usize = 1024;
+
+/// `TOKIO_WORKER_THREADS`, or one worker per core this process may use (cgroup quotas
+/// included). Read here rather than by tokio, which panics on a value it cannot parse.
+pub fn worker_threads<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<usize, ConfigError> {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let workers = env.parse_or("TOKIO_WORKER_THREADS", cores)?;
+    if (1..=MAX_WORKER_THREADS).contains(&workers) {
+        Ok(workers)
+    } else {
+        Err(ConfigError(format!(
+            "TOKIO_WORKER_THREADS must be between 1 and {MAX_WORKER_THREADS}"
+        )))
+    }
+}
+
+/// The async runtime for a binary, with `workers` worker threads on tokio's work-stealing
+/// scheduler. With one, it is tokio's single-threaded scheduler instead, which does the same work
+/// without the cross-thread queues and wake-ups that a lone worker never needs. Blocking work
+/// (password hashing) has its own threads either way.
+pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
-    };
-    builder.enable_all().build()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+    }
 }
 
 /// Where a binary listens and how long it lets requests in flight finish on shutdown.
@@ -324,5 +343,32 @@ pub fn health_check(port: u16) -> std::process::ExitCode {
     match probe() {
         Ok(true) => std::process::ExitCode::SUCCESS,
         _ => std::process::ExitCode::FAILURE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workers_with(value: Option<&'static str>) -> Result<usize, ConfigError> {
+        worker_threads(&Env::from_lookup(move |name| {
+            assert_eq!(name, "TOKIO_WORKER_THREADS");
+            value.map(str::to_owned)
+        }))
+    }
+
+    #[test]
+    fn worker_threads_default_to_the_cores_and_refuse_nonsense_without_panicking() {
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(workers_with(None), Ok(cores));
+        assert_eq!(workers_with(Some("1")), Ok(1));
+        assert_eq!(workers_with(Some(" 4 ")), Ok(4));
+        for nonsense in ["0", "-1", "many", "1025"] {
+            let error = workers_with(Some(nonsense)).unwrap_err().to_string();
+            assert!(
+                error.contains("TOKIO_WORKER_THREADS"),
+                "{nonsense}: {error}"
+            );
+        }
     }
 }

@@ -31,7 +31,14 @@ fn run() -> ExitCode {
              and replicas will not accept each other's tokens"
         );
     }
-    let runtime = match common::server::runtime() {
+    let workers = match common::server::worker_threads(&Env::process()) {
+        Ok(workers) => workers,
+        Err(error) => {
+            eprintln!("gateway: configuration error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match common::server::runtime(workers) {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("gateway: cannot start the async runtime: {error}");

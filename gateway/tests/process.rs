@@ -31,6 +31,9 @@ async fn configuration_errors_are_one_line_and_never_a_panic() {
         ("MAX_BODY_BYTES", "-1"),
         ("TRUSTED_PROXIES", "10.0.0.0/99"),
         ("USERS_FILE", "/nonexistent/users"),
+        // tokio itself panics on these.
+        ("TOKIO_WORKER_THREADS", "0"),
+        ("TOKIO_WORKER_THREADS", "many"),
     ] {
         let (code, stderr) =
             run_gateway_to_exit(&[("SECRET_KEY", GOOD_SECRET), (name, value)]).await;

@@ -88,3 +88,26 @@ pub async fn check(binary: &str, path: &str, message: &str) {
         "--health-check against a stopped server"
     );
 }
+
+/// Runs `binary` with each bad setting and checks it exits 2 with one line naming the variable,
+/// never a panic.
+pub async fn check_configuration_errors(binary: &str) {
+    for (name, value) in [
+        ("PORT", "eighty"),
+        ("TOKIO_WORKER_THREADS", "0"),
+        ("TOKIO_WORKER_THREADS", "many"),
+    ] {
+        let output = tokio::process::Command::new(binary)
+            .env_clear()
+            .env("HOST", "127.0.0.1")
+            .env(name, value)
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{name}={value}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(name), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
