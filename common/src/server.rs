@@ -285,9 +285,9 @@ where
     hyper::service::service_fn(handle)
 }
 
-/// Why a request whose target is not a path (`CONNECT host:port`, or an absolute URI without
-/// one) is answered before any filter runs: every route is a path, and warp's path filters
-/// panic on a target without one.
+/// The answer, given before any filter runs, to a request whose target is not a path
+/// (`CONNECT host:port`, `OPTIONS *`): every route is a path, and warp's path filters panic on a
+/// target without one.
 fn refusal_of_target(method: &Method, uri: &Uri) -> Option<ApiError> {
     if uri
         .path_and_query()
