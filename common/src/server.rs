@@ -285,21 +285,17 @@ where
     hyper::service::service_fn(handle)
 }
 
-/// The answer, given before any filter runs, to a request whose target is not a path
-/// (`CONNECT host:port`, `OPTIONS *`): every route is a path, and warp's path filters panic on a
-/// target without one.
+/// The answer, given before any filter runs, to a request no route can take: `CONNECT`, which
+/// asks for a tunnel rather than a resource and is never forwarded, and any other request whose
+/// target is not a path (`OPTIONS *`), on which warp's path filters panic.
 fn refusal_of_target(method: &Method, uri: &Uri) -> Option<ApiError> {
-    if uri
-        .path_and_query()
-        .is_some_and(|target| target.as_str().starts_with('/'))
-    {
-        return None;
+    if method == Method::CONNECT {
+        return Some(ApiError::MethodNotAllowed);
     }
-    Some(if method == Method::CONNECT {
-        ApiError::MethodNotAllowed
-    } else {
-        ApiError::BadRequest("Request target must be a path")
-    })
+    let is_path = uri
+        .path_and_query()
+        .is_some_and(|target| target.as_str().starts_with('/'));
+    (!is_path).then_some(ApiError::BadRequest("Request target must be a path"))
 }
 
 /// A future that completes on SIGTERM or SIGINT. The handlers are installed now, before the

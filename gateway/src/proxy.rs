@@ -137,11 +137,6 @@ impl Proxy {
         user: &str,
         request: IncomingRequest,
     ) -> Result<Response, ApiError> {
-        if request.method == Method::CONNECT {
-            // A tunnel is not a request to forward; the client would be asking for a raw
-            // connection to the upstream's host.
-            return Err(ApiError::MethodNotAllowed);
-        }
         let IncomingRequest {
             method,
             path,
